@@ -1,0 +1,70 @@
+"""Shared pieces of every segmentation model: the training-mode output and the base class."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SegmentationModel", "SegmentationOutput", "check_num_classes"]
+
+
+class SegmentationOutput(NamedTuple):
+    """What a model returns in training mode.
+
+    Attributes:
+        logits: main logits, float ``(B, C, h, w)`` at the model's native resolution
+            (``h = ceil(H / model.output_stride)`` for the models of this package).
+        aux: auxiliary logits by name (each ``(B, C, h_k, w_k)``), the keys of
+            ``model.aux_weights``; an empty dict for models without auxiliary outputs.
+    """
+
+    logits: Tensor
+    aux: dict[str, Tensor]
+
+
+def check_num_classes(num_classes: object) -> int:
+    """Validate a class count at a public boundary and return it as ``int``."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"num_classes must be an int, got {type(num_classes).__name__}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    return num_classes
+
+
+class SegmentationModel(nn.Module):
+    """Base class: validates the input and switches the output type on ``self.training``.
+
+    Subclasses set ``encoder``, ``num_classes``, ``output_stride`` and ``aux_weights`` and
+    implement :meth:`forward_features`, returning ``(logits, aux)``. ``aux`` may be computed
+    only when ``self.training`` is true (and be empty otherwise).
+
+    Contract:
+        * eval mode: ``model(x)`` -> logits ``Tensor (B, C, h, w)`` (native resolution, not
+          upsampled to the input);
+        * train mode: ``model(x)`` -> :class:`SegmentationOutput` ``(logits, aux)``.
+    """
+
+    encoder: nn.Module
+    num_classes: int
+    output_stride: int
+    aux_weights: dict[str, float]
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor | SegmentationOutput:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor image batch, got {type(x).__name__}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"expected an image batch of shape (B, 3, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a floating-point image batch, got dtype {x.dtype}")
+        logits, aux = self.forward_features(x)
+        if self.training:
+            return SegmentationOutput(logits, aux)
+        return logits
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, output_stride={self.output_stride}"

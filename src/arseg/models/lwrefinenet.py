@@ -1,0 +1,166 @@
+"""Light-Weight RefineNet (Nekrasov, Shen & Reid, BMVC 2018).
+
+Faithful to the authors' PyTorch code (DrSleep/light-weight-refinenet, ``models/resnet.py``
+and ``utils/layer_factory.py``): same layers, same order, same bias-free 1x1 convs, the
+chained residual pooling (CRP) blocks with 4 stages, Dropout(0.5) on layer3/layer4 features,
+bilinear ``align_corners=True`` upsampling, and a 3x3 classifier with bias. Logits come out
+at 1/4 of the input (``output_stride = 4``). :func:`arseg.models.convert.convert_lwrefinenet`
+maps the reference state dicts onto this module.
+
+Besides the reference ResNet-50/101/152 encoders, ResNet-18/34 encoders (not in the reference)
+and a ``decoder_channels`` option make CPU-sized models.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import SegmentationModel, check_num_classes
+from .encoders import create_resnet_encoder
+from .registry import register_model
+
+__all__ = ["CRPBlock", "LWRefineNet"]
+
+
+def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
+
+
+class CRPBlock(nn.Module):
+    """Chained residual pooling: ``n_stages`` of (maxpool 5x5/1 -> 1x1 conv), each summed in.
+
+    Shapes: ``(B, in_channels, h, w) -> (B, out_channels, h, w)``; ``in_channels`` must equal
+    ``out_channels`` for the running sum (as everywhere in the reference).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, n_stages: int = 4) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
+        self.convs = nn.ModuleList(
+            _conv1x1(in_channels if i == 0 else out_channels, out_channels) for i in range(n_stages)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        top = x
+        for conv in self.convs:
+            top = conv(self.pool(top))
+            x = x + top
+        return x
+
+
+def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
+
+
+class LWRefineNet(SegmentationModel):
+    """Light-Weight RefineNet on a ResNet encoder.
+
+    Args:
+        encoder: ``"resnet18" | "resnet34" | "resnet50" | "resnet101" | "resnet152"``.
+        num_classes: output classes ``C``.
+        decoder_channels: width ``d`` of the decoder (reference: 256; the deepest CRP runs at
+            ``2 d`` = 512). Small values (e.g. 32) make tiny models.
+        pretrained: ImageNet weights for the encoder through timm (``<encoder>.tv_in1k``).
+        dropout: dropout on layer3/layer4 features (reference 0.5).
+        crp_stages: stages per CRP block (reference 4).
+
+    Shapes:
+        input ``(B, 3, H, W)`` float -> logits ``(B, C, ceil(H/4), ceil(W/4))`` float.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet50",
+        num_classes: int = 40,
+        *,
+        decoder_channels: int = 256,
+        pretrained: bool = False,
+        dropout: float = 0.5,
+        crp_stages: int = 4,
+    ) -> None:
+        super().__init__()
+        self.num_classes = check_num_classes(num_classes)
+        if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int):
+            raise TypeError(
+                f"decoder_channels must be an int, got {type(decoder_channels).__name__}"
+            )
+        if decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be >= 1, got {decoder_channels}")
+        self.output_stride = 4
+        self.aux_weights: dict[str, float] = {}
+        self.encoder = create_resnet_encoder(encoder, pretrained=pretrained)
+        c1, c2, c3, c4 = self.encoder.feature_info.channels()
+        d = decoder_channels
+        self.dropout = nn.Dropout(p=dropout)
+        # 1/32: reference p_ims1d2_outl1_dimred, mflow_conv_g1_pool, mflow_conv_g1_b3_...
+        self.dimred4 = _conv1x1(c4, 2 * d)
+        self.crp4 = CRPBlock(2 * d, 2 * d, crp_stages)
+        self.out4 = _conv1x1(2 * d, d)
+        # 1/16
+        self.dimred3 = _conv1x1(c3, d)
+        self.adapt3 = _conv1x1(d, d)
+        self.crp3 = CRPBlock(d, d, crp_stages)
+        self.out3 = _conv1x1(d, d)
+        # 1/8
+        self.dimred2 = _conv1x1(c2, d)
+        self.adapt2 = _conv1x1(d, d)
+        self.crp2 = CRPBlock(d, d, crp_stages)
+        self.out2 = _conv1x1(d, d)
+        # 1/4
+        self.dimred1 = _conv1x1(c1, d)
+        self.adapt1 = _conv1x1(d, d)
+        self.crp1 = CRPBlock(d, d, crp_stages)
+        self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        l1, l2, l3, l4 = self.encoder(x)
+        l4 = self.dropout(l4)
+        l3 = self.dropout(l3)
+
+        x4 = F.relu(self.dimred4(l4))
+        x4 = self.out4(self.crp4(x4))
+
+        x3 = F.relu(self.adapt3(self.dimred3(l3)) + _upsample_to(x4, l3))
+        x3 = self.out3(self.crp3(x3))
+
+        x2 = F.relu(self.adapt2(self.dimred2(l2)) + _upsample_to(x3, l2))
+        x2 = self.out2(self.crp2(x2))
+
+        x1 = F.relu(self.adapt1(self.dimred1(l1)) + _upsample_to(x2, l1))
+        x1 = self.crp1(x1)
+        return self.classifier(x1), {}
+
+
+def _lw(encoder: str, num_classes: int, pretrained: bool, **options) -> LWRefineNet:
+    return LWRefineNet(encoder, num_classes, pretrained=pretrained, **options)
+
+
+@register_model
+def lwrefinenet18(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
+    """LW-RefineNet on ResNet-18 (not in the reference; for CPU-sized experiments)."""
+    return _lw("resnet18", num_classes, pretrained, **options)
+
+
+@register_model
+def lwrefinenet34(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
+    """LW-RefineNet on ResNet-34 (not in the reference)."""
+    return _lw("resnet34", num_classes, pretrained, **options)
+
+
+@register_model
+def lwrefinenet50(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
+    """LW-RefineNet-50 (reference ``rf_lw50``)."""
+    return _lw("resnet50", num_classes, pretrained, **options)
+
+
+@register_model
+def lwrefinenet101(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
+    """LW-RefineNet-101 (reference ``rf_lw101``)."""
+    return _lw("resnet101", num_classes, pretrained, **options)
+
+
+@register_model
+def lwrefinenet152(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
+    """LW-RefineNet-152 (reference ``rf_lw152``)."""
+    return _lw("resnet152", num_classes, pretrained, **options)
