@@ -1,1 +1,23 @@
-"""arseg.losses"""
+"""arseg.losses: the Affinity Regression (AR) loss, functional and ``nn.Module`` forms.
+
+* :func:`ar_loss` / :class:`ARLoss`: the AR loss.
+* :class:`CEARLoss`: cross-entropy + ``lambda_ar`` * AR, returning :class:`CEARLossOutput`.
+* :func:`label_affinity`, :func:`sqrt_affinity`: the explicit N x N matrices (figures, tests).
+"""
+
+from .affinity import label_affinity, sqrt_affinity
+from .functional import AUTO_EXPLICIT_MAX_POSITIONS, ar_loss
+from .modules import ARLoss, CEARLoss, CEARLossOutput
+from .sampling import cell_centre_indices, normalize_scales
+
+__all__ = [
+    "AUTO_EXPLICIT_MAX_POSITIONS",
+    "ARLoss",
+    "CEARLoss",
+    "CEARLossOutput",
+    "ar_loss",
+    "cell_centre_indices",
+    "label_affinity",
+    "normalize_scales",
+    "sqrt_affinity",
+]

@@ -1,0 +1,159 @@
+"""Functional Affinity Regression (AR) loss."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import (
+    check_batch,
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+)
+from .affinity import ScalesArg, one_hot_t, sample_target, sqrt_probs
+from .sampling import normalize_scales, sample_positions
+
+__all__ = ["AUTO_EXPLICIT_MAX_POSITIONS", "METHODS", "REDUCTIONS", "ar_loss"]
+
+#: ``method="auto"`` builds the explicit N x N matrices up to this many positions per image and
+#: switches to the factorized form above it. At N <= 1024 the explicit matrix is at most 4 MiB per
+#: image in float32 and its O(N^2 C) cost is below or close to the factorized O(N C^2) work for
+#: usual class counts; the paper's grids (12, 6) give N = 180.
+AUTO_EXPLICIT_MAX_POSITIONS = 1024
+
+REDUCTIONS = ("mean", "sum", "none")
+METHODS = ("auto", "explicit", "factorized")
+
+
+def _explicit_sq_sum(s: Tensor, y_t: Tensor) -> Tensor:
+    """sum_ij (A - M)^2 per image, with A = S^T S and M = Y Y^T built as (B, N, N)."""
+    diff = s.transpose(1, 2) @ s - y_t.transpose(1, 2) @ y_t
+    return diff.square().sum(dim=(1, 2))
+
+
+def _factorized_sq_sum(s: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    """sum_ij (A - M)^2 per image without any N x N matrix, O(N C^2) time, O(C^2) extra memory.
+
+    Expand around the target: ``S = Y^T + D`` (columns of ignored positions are 0 in both), so
+    ``A - M = E + E^T + F`` with ``E = Y D`` and ``F = D^T D``. With the C x C matrices
+    ``G = D D^T``, ``H = D Y`` and the class counts ``n = diag(Y^T Y)``:
+
+        ||E + E^T + F||^2 = 2 sum_k n_k G_kk + 2 <H, H^T> + ||G||^2 + 4 <H, G>.
+
+    Every term is built from the small residual D, so float32 stays accurate as the loss goes to
+    0 (the textbook ``||S S^T||^2 - 2 ||S Y||^2 + sum_k n_k^2`` subtracts large numbers).
+    """
+    batch, num_classes, n = s.shape
+    safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (B, 1, N)
+    valid_f = valid.unsqueeze(1).to(s.dtype)  # (B, 1, N)
+    # D = S - Y^T: subtract 1 at (label, position) of valid positions; ignored columns -> 0.
+    d = (s * valid_f).scatter_add(1, safe, -valid_f)
+    g = d @ d.transpose(1, 2)  # (B, C, C)
+    # H = D Y: column l of H sums the columns of D at positions labelled l (ignored ones are 0).
+    h = d.new_zeros(batch, num_classes, num_classes).scatter_add(
+        2, safe.expand(batch, num_classes, n), d
+    )
+    counts = s.new_zeros(batch, num_classes).scatter_add(1, safe.squeeze(1), valid_f.squeeze(1))
+    return (
+        2 * (counts * g.diagonal(dim1=1, dim2=2)).sum(dim=1)
+        + 2 * (h * h.transpose(1, 2)).sum(dim=(1, 2))
+        + g.square().sum(dim=(1, 2))
+        + 4 * (h * g).sum(dim=(1, 2))
+    )
+
+
+def ar_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    scales: ScalesArg = (12, 6),
+    ignore_index: int = 255,
+    reduction: str = "mean",
+    method: str = "auto",
+) -> Tensor:
+    r"""Affinity Regression (AR) loss of Cao & Yang, "Use square root affinity to regress labels".
+
+    The logits and the labels are sampled at the same N scene points (nearest neighbour at the
+    centres of the cells of each grid in ``scales``, see :mod:`arseg.losses.sampling`). With
+    ``S`` (C, N) the square root of the softmax at those points and ``L`` their labels,
+
+    .. math::
+        A = S^\top S, \qquad M_{ij} = [L_i = L_j], \qquad
+        \ell = \frac{1}{n_\mathrm{valid}^2} \sum_{i, j\ \mathrm{valid}} (A_{ij} - M_{ij})^2
+
+    per image, diagonal included. Positions labelled ``ignore_index`` are dropped from rows and
+    columns and the mean runs over the ``n_valid^2`` valid pairs.
+
+    Args:
+        logits: (B, C, h, w) float16, bfloat16, float32 or float64 class scores (before softmax).
+            Any memory layout (channels_last, non-contiguous views).
+        target: (B, H, W) integer labels in [0, C) or ``ignore_index``. H, W may differ from
+            h, w (networks predict at 1/4 or 1/8 of the label size).
+        scales: grid sizes, each an int ``s`` (s x s) or a pair ``(gh, gw)``; the positions of all
+            grids are concatenated, cross-scale pairs included. Default ``(12, 6)``: N = 180 as in
+            the paper. ``None``: every logit position (N = h * w), the target sampled at the
+            centres of the logit cells.
+        ignore_index: label of unlabelled pixels.
+        reduction: ``"mean"`` (over the images that have at least one valid position),
+            ``"sum"`` or ``"none"`` ((B,) per image, 0 where no position is valid).
+        method: ``"explicit"`` builds the (B, N, N) matrices; ``"factorized"`` computes the same
+            value from C x C products (O(N C^2) time, O(C^2) extra memory, any N); ``"auto"``
+            picks explicit for N <= ``AUTO_EXPLICIT_MAX_POSITIONS`` (1024), factorized above.
+
+    Returns:
+        Scalar (or (B,) for ``"none"``) float32 tensor; float64 if the logits are float64. The
+        affinity part always runs in that precision with autocast disabled. If no position of the
+        batch is valid the result is 0, still attached to the graph (zero gradients, no NaN).
+
+    Raises:
+        TypeError: non-tensor inputs, non-float logits, a floating-point (or bool) target.
+        ValueError: wrong ranks, batch mismatch, a label outside [0, C) that is not
+            ``ignore_index``, non-positive scales, unknown ``reduction`` or ``method``.
+
+    Example:
+        >>> logits = torch.randn(2, 19, 64, 128, requires_grad=True)  # 1/4 of the labels
+        >>> target = torch.randint(0, 19, (2, 256, 512))
+        >>> target[:, :32] = 255                                      # ignored rows
+        >>> loss = ar_loss(logits, target)                            # (12, 6) grids, N = 180
+        >>> loss.backward()
+        >>> full = ar_loss(logits, target, scales=None)               # N = 8192, factorized
+        >>> loss.dtype, full.shape
+        (torch.float32, torch.Size([]))
+    """
+    check_logits(logits)
+    check_target(target)
+    check_batch(logits, target)
+    check_ignore_index(ignore_index)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    grids = normalize_scales(scales)
+    num_classes = logits.shape[1]
+    check_label_values(target, num_classes, ignore_index)
+
+    size = (logits.shape[2], logits.shape[3])
+    labels = sample_target(target, grids, size)  # (B, N) int64
+    n = labels.shape[1]
+    if method == "auto":
+        method = "explicit" if n <= AUTO_EXPLICIT_MAX_POSITIONS else "factorized"
+    valid = labels != ignore_index
+
+    with torch.autocast(logits.device.type, enabled=False):
+        s = sqrt_probs(sample_positions(logits, grids) if grids is not None else logits.flatten(2))
+        if method == "explicit":
+            y_t = one_hot_t(labels, valid, num_classes, s.dtype)
+            sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(s.dtype), y_t)
+        else:
+            sq_sum = _factorized_sq_sum(s, labels, valid)
+        n_valid = valid.sum(dim=1).to(s.dtype)
+        # Images without valid positions have sq_sum == 0 exactly (all rows/columns masked).
+        per_image = sq_sum / n_valid.clamp(min=1).square()
+        if reduction == "none":
+            return per_image
+        total = per_image.sum()
+        if reduction == "sum":
+            return total
+        return total / (n_valid > 0).sum().clamp(min=1).to(s.dtype)

@@ -1,0 +1,216 @@
+"""``nn.Module`` wrappers: :class:`ARLoss` and the combined :class:`CEARLoss`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_batch, check_ignore_index, check_logits, check_target
+from .affinity import ScalesArg
+from .functional import METHODS, REDUCTIONS, ar_loss
+from .sampling import normalize_scales
+
+__all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
+
+
+def _check_options(scales: ScalesArg, ignore_index: int, reduction: str, method: str) -> None:
+    normalize_scales(scales)
+    check_ignore_index(ignore_index)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+
+
+class ARLoss(nn.Module):
+    """Affinity Regression loss as a module; see :func:`arseg.losses.ar_loss` for the maths.
+
+    Args:
+        scales: grid sizes (default the paper's ``(12, 6)``, N = 180) or ``None`` for the
+            logits' full resolution.
+        ignore_index: label of unlabelled pixels (default 255).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        method: ``"auto"`` | ``"explicit"`` | ``"factorized"``.
+        loss_weight: factor applied to the result (mmsegmentation convention; the paper uses
+            0.1 next to a CE loss of weight 1).
+        loss_name: key under which mmsegmentation logs it; must start with ``loss_`` to be
+            back-propagated there.
+
+    Shape:
+        - logits: (B, C, h, w), float16 / bfloat16 / float32 / float64.
+        - target: (B, H, W), integer; H, W may differ from h, w.
+        - output: scalar float32 ((B,) for ``reduction="none"``).
+
+    ``forward`` also accepts and ignores ``weight=None`` and any keyword (e.g. ``ignore_index``),
+    the way mmsegmentation decode heads call their losses; the module's own ``ignore_index``
+    is used.
+
+    Example:
+        >>> criterion = ARLoss()
+        >>> logits = torch.randn(2, 19, 32, 32, requires_grad=True)
+        >>> target = torch.randint(0, 19, (2, 128, 128))
+        >>> loss = criterion(logits, target)
+        >>> loss.backward()
+        >>> criterion.loss_name
+        'loss_ar'
+    """
+
+    def __init__(
+        self,
+        scales: ScalesArg = (12, 6),
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        method: str = "auto",
+        loss_weight: float = 1.0,
+        loss_name: str = "loss_ar",
+    ) -> None:
+        super().__init__()
+        _check_options(scales, ignore_index, reduction, method)
+        self.scales = scales
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.method = method
+        self.loss_weight = float(loss_weight)
+        self._loss_name = loss_name
+
+    @property
+    def loss_name(self) -> str:
+        return self._loss_name
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, **kwargs: Any
+    ) -> Tensor:
+        loss = ar_loss(
+            logits,
+            target,
+            scales=self.scales,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            method=self.method,
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        return (
+            f"scales={self.scales}, ignore_index={self.ignore_index}, "
+            f"reduction={self.reduction!r}, method={self.method!r}, loss_weight={self.loss_weight}"
+        )
+
+
+class CEARLossOutput(NamedTuple):
+    """What :class:`CEARLoss` returns: scalar float32 tensors, ``total = ce + lambda_ar * ar``."""
+
+    total: Tensor
+    ce: Tensor
+    ar: Tensor
+
+
+class CEARLoss(nn.Module):
+    """Cross-entropy plus ``lambda_ar`` times the AR loss, the paper's training objective.
+
+    CE is the usual per-pixel cross-entropy at the label resolution: when the logits are smaller
+    than the target they are bilinearly resized (``align_corners=False``) to (H, W) first; with
+    ``class_weight`` it is the weighted mean over non-ignored pixels (as ``F.cross_entropy``).
+    AR samples the logits and the target directly at the same scene points (no resize). A batch
+    without any labelled pixel gives ``ce = ar = 0`` with zero gradients.
+
+    Args:
+        lambda_ar: weight of the AR term (paper: 0.1).
+        class_weight: optional per-class CE weights, a sequence or a (C,) tensor.
+        ignore_index: label of unlabelled pixels, for both terms.
+        scales: AR grid sizes (default ``(12, 6)``) or ``None`` for full resolution.
+        method: AR method, ``"auto"`` | ``"explicit"`` | ``"factorized"``.
+
+    Shape:
+        - logits: (B, C, h, w) float; target: (B, H, W) integer.
+        - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors.
+
+    Example:
+        >>> criterion = CEARLoss(lambda_ar=0.1)
+        >>> logits = torch.randn(2, 11, 45, 60, requires_grad=True)   # 1/8 of the labels
+        >>> target = torch.randint(0, 11, (2, 360, 480))
+        >>> total, ce, ar = criterion(logits, target)
+        >>> total.backward()
+        >>> bool(torch.isclose(total, ce + 0.1 * ar))
+        True
+    """
+
+    def __init__(
+        self,
+        lambda_ar: float = 0.1,
+        class_weight: Sequence[float] | Tensor | None = None,
+        ignore_index: int = 255,
+        scales: ScalesArg = (12, 6),
+        method: str = "auto",
+    ) -> None:
+        super().__init__()
+        _check_options(scales, ignore_index, "mean", method)
+        if float(lambda_ar) < 0:
+            raise ValueError(f"lambda_ar must be >= 0, got {lambda_ar}")
+        self.lambda_ar = float(lambda_ar)
+        self.ignore_index = ignore_index
+        self.scales = scales
+        self.method = method
+        if class_weight is not None:
+            class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
+            if class_weight.ndim != 1:
+                raise ValueError(
+                    f"class_weight must be 1-D (C,), got shape {tuple(class_weight.shape)}"
+                )
+        self.register_buffer("class_weight", class_weight)
+
+    @property
+    def loss_name(self) -> str:
+        return "loss_ar"
+
+    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(
+                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
+        target = target.long()
+        weight = self.class_weight
+        if weight is not None:
+            if weight.numel() != logits.shape[1]:
+                raise ValueError(
+                    f"class_weight has {weight.numel()} entries but logits have "
+                    f"{logits.shape[1]} classes"
+                )
+            weight = weight.to(device=logits.device)
+        with torch.autocast(logits.device.type, enabled=False):
+            logits = logits.float() if logits.dtype != torch.float64 else logits
+            weight = weight.to(logits.dtype) if weight is not None else None
+            total = F.cross_entropy(
+                logits, target, weight=weight, ignore_index=self.ignore_index, reduction="sum"
+            )
+            valid = target != self.ignore_index
+            if weight is None:
+                denom = valid.sum()
+            else:
+                safe = torch.where(valid, target, torch.zeros_like(target))
+                denom = (weight[safe] * valid).sum()
+            # A batch without labelled pixels: total is exactly 0, so 0 / 1 (not 0 / 0 = NaN).
+            return total / denom.to(logits.dtype).clamp(min=torch.finfo(logits.dtype).tiny)
+
+    def forward(
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, **kwargs: Any
+    ) -> CEARLossOutput:
+        check_logits(logits)
+        check_target(target)
+        check_batch(logits, target)
+        ar = ar_loss(
+            logits, target, scales=self.scales, ignore_index=self.ignore_index, method=self.method
+        )
+        ce = self._cross_entropy(logits, target)
+        return CEARLossOutput(ce + self.lambda_ar * ar, ce, ar)
+
+    def extra_repr(self) -> str:
+        return (
+            f"lambda_ar={self.lambda_ar}, ignore_index={self.ignore_index}, "
+            f"scales={self.scales}, method={self.method!r}, "
+            f"class_weight={'None' if self.class_weight is None else tuple(self.class_weight.shape)}"
+        )
