@@ -1,0 +1,203 @@
+"""Shared reading and checking of image/label file pairs.
+
+Every file-backed dataset (CamVid, Cityscapes, NYUv2) is a :class:`PairedImageDataset`: a list
+of ``(image path, label path)`` pairs, a lookup table mapping raw label values to train ids,
+and the metadata. Reading checks every sample as it goes (cheap numpy checks): unreadable or
+truncated files, image/label size mismatch and label values that are neither a class nor
+ignored raise :class:`DatasetError` naming the file. Nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision import tv_tensors
+
+from .transforms import IGNORE_INDEX, build_eval_transform
+
+__all__ = [
+    "DatasetError",
+    "PairedImageDataset",
+    "check_root",
+    "make_label_lut",
+    "read_image",
+    "read_label",
+]
+
+
+class DatasetError(ValueError):
+    """A dataset file is unreadable or its content is not what the dataset expects."""
+
+
+def check_root(root: str | Path | None, dataset: str) -> Path:
+    """Return ``root`` as a Path, or raise a clear error when it is unset or not a folder."""
+    if root is None:
+        raise ValueError(f"{dataset}: root is required (the dataset folder), got None")
+    if not isinstance(root, (str, Path)):
+        raise TypeError(f"{dataset}: root must be a str or Path, got {type(root).__name__}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(f"{dataset}: root folder {path} does not exist")
+    return path
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode an RGB image file to a uint8 array ``(H, W, 3)``; errors name the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode != "RGB":
+                im = im.convert("RGB")
+            return np.array(im)  # a writable copy (torch.from_numpy needs one)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file {path} not found") from None
+    except UnidentifiedImageError:
+        raise DatasetError(f"image file {path}: not a readable image") from None
+    except (OSError, SyntaxError, ValueError) as err:  # truncated / corrupt data
+        raise DatasetError(f"image file {path}: cannot decode ({err})") from None
+
+
+def read_label(path: Path) -> np.ndarray:
+    """Decode a single-channel label file to an integer array ``(H, W)``; errors name the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DatasetError(
+                    f"label file {path}: expected a single-channel image (mode L, P, I or I;16), "
+                    f"got mode {im.mode}"
+                )
+            return np.asarray(im)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"label file {path} not found") from None
+    except UnidentifiedImageError:
+        raise DatasetError(f"label file {path}: not a readable image") from None
+    except (OSError, SyntaxError) as err:
+        raise DatasetError(f"label file {path}: cannot decode ({err})") from None
+
+
+def make_label_lut(mapping: Mapping[int, int], size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Lookup tables for raw label values ``0..size-1``.
+
+    Args:
+        mapping: raw value -> train id (``0..C-1`` or 255); raw values absent are invalid.
+
+    Returns:
+        ``(lut uint8 (size,), valid bool (size,))``.
+    """
+    lut = np.full(size, IGNORE_INDEX, dtype=np.uint8)
+    valid = np.zeros(size, dtype=bool)
+    for raw, train_id in mapping.items():
+        lut[raw] = train_id
+        valid[raw] = True
+    return lut, valid
+
+
+class PairedImageDataset(Dataset):
+    """Images and single-channel label maps listed as file pairs.
+
+    Subclasses fill ``classes``, ``palette`` and call ``__init__`` with their pairs and label
+    mapping.
+
+    Args:
+        pairs: ``(image path, label path)`` per sample; each must exist (checked here).
+        label_map: raw label value -> train id (``0..C-1`` or 255). Raw values not in the map
+            raise :class:`DatasetError` when read.
+        transform: ``(Image uint8, Mask uint8) -> (image, target)``; ``None`` = full image,
+            normalised (:func:`build_eval_transform`).
+        name: the dataset name used in error messages.
+    """
+
+    classes: tuple[str, ...] = ()
+    palette: list[tuple[int, int, int]] = []  # noqa: RUF012 - overwritten per subclass
+    ignore_index: int = IGNORE_INDEX
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[Path, Path]],
+        label_map: Mapping[int, int],
+        transform: Callable | None,
+        name: str,
+    ) -> None:
+        if transform is not None and not callable(transform):
+            raise TypeError(
+                f"{name}: transform must be callable or None, got {type(transform).__name__}"
+            )
+        for image_path, label_path in pairs:
+            for kind, path in (("image", image_path), ("label", label_path)):
+                if not path.is_file():
+                    raise FileNotFoundError(f"{name}: {kind} file {path} listed but not found")
+        self.name = name
+        self.pairs = list(pairs)
+        self.transform = transform if transform is not None else build_eval_transform()
+        self._lut, self._valid = make_label_lut(label_map, 1 << 16)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def sample_name(self, index: int) -> str:
+        """The image file stem of sample ``index``."""
+        return self.pairs[index][0].stem
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The raw sample: ``(image uint8 (H, W, 3), target uint8 (H, W) in train ids / 255)``."""
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
+        image_path, label_path = self.pairs[index]
+        image = read_image(image_path)
+        raw = read_label(label_path)
+        if raw.shape != image.shape[:2]:
+            raise DatasetError(
+                f"{self.name}: size mismatch, image {image_path} is {image.shape[0]}x{image.shape[1]} "
+                f"but label {label_path} is {raw.shape[0]}x{raw.shape[1]} (HxW)"
+            )
+        if raw.dtype != np.uint8 and raw.dtype != np.uint16:
+            if raw.min() < 0 or raw.max() >= len(self._lut):
+                raise DatasetError(
+                    f"{self.name}: label file {label_path} has values outside 0..{len(self._lut) - 1}"
+                )
+            raw = raw.astype(np.int64)
+        if not self._valid[raw].all():
+            bad = np.unique(raw[~self._valid[raw]])
+            allowed = np.flatnonzero(self._valid)
+            raise DatasetError(
+                f"{self.name}: label file {label_path} has values {bad.tolist()[:10]} that are "
+                f"neither classes nor ignored (allowed raw values: {_ranges(allowed)})"
+            )
+        return image, self._lut[raw]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, target = self.load(index)
+        return self.transform(
+            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+            tv_tensors.Mask(torch.from_numpy(target)),
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(split={getattr(self, 'split', '?')!r}, samples={len(self)})"
+
+
+def _ranges(values: np.ndarray) -> str:
+    """Compact text for sorted ints: ``0..10, 255``."""
+    parts: list[str] = []
+    start = prev = None
+    for v in values.tolist():
+        if start is None:
+            start = prev = v
+        elif v == prev + 1:
+            prev = v
+        else:
+            parts.append(f"{start}..{prev}" if prev != start else f"{start}")
+            start = prev = v
+    if start is not None:
+        parts.append(f"{start}..{prev}" if prev != start else f"{start}")
+    return ", ".join(parts)

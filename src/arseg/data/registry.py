@@ -1,0 +1,76 @@
+"""Dataset registry: configs name datasets, :func:`build_dataset` builds them.
+
+Example:
+    >>> from arseg.data import build_dataset, list_datasets
+    >>> "synthetic" in list_datasets()
+    True
+    >>> ds = build_dataset("synthetic", split="train", num_samples=4, size=(32, 48))
+    >>> image, target = ds[0]
+    >>> image.shape, target.dtype
+    (torch.Size([3, 32, 48]), torch.int64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch.utils.data import Dataset
+
+_DATASETS: dict[str, Callable[..., Dataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
+    """Class decorator adding a dataset to the registry under ``name``.
+
+    The registered callable is called as ``cls(root=root, split=split, transform=transform,
+    **options)``.
+    """
+
+    def decorator(cls: Callable[..., Dataset]) -> Callable[..., Dataset]:
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} is already registered (by {_DATASETS[name]!r})")
+        _DATASETS[name] = cls
+        return cls
+
+    return decorator
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`build_dataset`, sorted."""
+    return sorted(_DATASETS)
+
+
+def build_dataset(
+    name: str,
+    root: Any = None,
+    split: str = "train",
+    transform: Callable | None = None,
+    **options: Any,
+) -> Dataset:
+    """Build the dataset registered as ``name``.
+
+    Args:
+        name: one of :func:`list_datasets` (``"nyuv2"``, ``"cityscapes"``, ``"camvid"``,
+            ``"synthetic"``).
+        root: the dataset folder (``None`` only for ``"synthetic"``).
+        split: ``"train"``, ``"val"`` (and ``"test"`` where the dataset has one).
+        transform: a callable ``(tv_tensors.Image uint8, tv_tensors.Mask) -> (image, target)``,
+            e.g. :func:`arseg.data.transforms.build_train_transform`; ``None`` means
+            :func:`arseg.data.transforms.build_eval_transform` (full image, normalised).
+        **options: dataset-specific keyword arguments.
+
+    Returns:
+        A ``torch.utils.data.Dataset`` whose items are ``(image float32 (3, H, W),
+        target int64 (H, W))`` with 255 = ignore, carrying ``classes``, ``num_classes``,
+        ``ignore_index``, ``palette`` and ``sample_name(i)``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
+    try:
+        factory = _DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
+        ) from None
+    return factory(root=root, split=split, transform=transform, **options)

@@ -1,0 +1,158 @@
+"""Joint transforms: alignment, label values, padding, shapes and input checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision import tv_tensors
+
+from arseg.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_eval_transform,
+    build_train_transform,
+    denormalize,
+)
+
+STEP = 20  # image intensity per label value in the "label drawn from the image" tests
+
+
+def blocky_pair(
+    height: int, width: int, block: int, seed: int
+) -> tuple[tv_tensors.Image, tv_tensors.Mask]:
+    """A label of random square blocks (values 0..9) and an image that *is* the label * STEP."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randint(0, 10, (height // block + 1, width // block + 1), generator=g)
+    label = coarse.repeat_interleave(block, 0).repeat_interleave(block, 1)[:height, :width]
+    image = (label * STEP).to(torch.uint8).expand(3, height, width).clone()
+    return tv_tensors.Image(image), tv_tensors.Mask(label.to(torch.uint8))
+
+
+def label_from_image(x: torch.Tensor) -> torch.Tensor:
+    return torch.round(denormalize(x)[0] * 255 / STEP).long()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_and_flip_keep_image_and_label_exactly_aligned(seed):
+    image, mask = blocky_pair(70, 90, block=5, seed=seed)
+    torch.manual_seed(seed)
+    x, y = build_train_transform(crop_size=(48, 64), scale_range=None)(image, mask)
+    assert x.shape == (3, 48, 64) and y.shape == (48, 64)
+    assert torch.equal(label_from_image(x), y)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scaling_keeps_image_and_label_aligned(seed):
+    # Interpolation blurs block edges in the image, so compare away from them: a misalignment
+    # (a flip of only one of the two, an offset crop) would drop the agreement to ~10 %.
+    image, mask = blocky_pair(96, 128, block=32, seed=seed)
+    torch.manual_seed(seed)
+    x, y = build_train_transform(crop_size=64, scale_range=(0.5, 2.0))(image, mask)
+    valid = y != 255
+    agreement = (label_from_image(x)[valid] == y[valid]).float().mean()
+    assert agreement > 0.8
+
+
+def test_flip_happens_and_is_applied_to_both():
+    image, mask = blocky_pair(32, 32, block=4, seed=0)
+    transform = build_train_transform(crop_size=32, scale_range=None, hflip=True)
+    flipped = kept = 0
+    for seed in range(20):
+        torch.manual_seed(seed)
+        x, y = transform(image, mask)
+        assert torch.equal(label_from_image(x), y)
+        if torch.equal(y, mask.flip(-1).long()):
+            flipped += 1
+        elif torch.equal(y, mask.long()):
+            kept += 1
+    assert flipped > 0 and kept > 0 and flipped + kept == 20
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_train_transform_never_creates_label_values(seed):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.tensor([0, 3, 7, 200], dtype=torch.uint8)
+    label = values[torch.randint(0, 4, (37, 53), generator=g)]
+    image = torch.randint(0, 256, (3, 37, 53), dtype=torch.uint8, generator=g)
+    torch.manual_seed(seed)
+    _, y = build_train_transform(crop_size=41, scale_range=(0.3, 2.5))(
+        tv_tensors.Image(image), tv_tensors.Mask(label)
+    )
+    assert y.dtype == torch.int64
+    assert set(y.unique().tolist()) <= {0, 3, 7, 200, 255}
+
+
+def test_crop_larger_than_image_pads_label_with_ignore_and_image_with_mean():
+    image = torch.randint(0, 256, (3, 20, 30), dtype=torch.uint8)
+    label = torch.randint(0, 5, (20, 30), dtype=torch.uint8)
+    torch.manual_seed(0)
+    x, y = build_train_transform(crop_size=(40, 50), scale_range=None, hflip=False)(
+        tv_tensors.Image(image), tv_tensors.Mask(label)
+    )
+    assert x.shape == (3, 40, 50)
+    pad = y == 255
+    assert int(pad.sum()) == 40 * 50 - 20 * 30
+    # The padded image is the mean colour, i.e. ~0 after normalisation (uint8 rounding).
+    assert x[:, pad].abs().max() < 0.01
+    # The original content is there, unchanged, at some offset.
+    rows, cols = torch.nonzero(~pad, as_tuple=True)
+    top, left = int(rows.min()), int(cols.min())
+    assert torch.equal(y[top : top + 20, left : left + 30], label.long())
+
+
+def test_eval_full_image_is_exact_normalisation():
+    image = torch.randint(0, 256, (3, 17, 23), dtype=torch.uint8)
+    label = torch.randint(0, 9, (17, 23), dtype=torch.uint8)
+    x, y = build_eval_transform()(tv_tensors.Image(image), tv_tensors.Mask(label))
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(x, (image.float() / 255 - mean) / std)
+    assert y.dtype == torch.int64 and torch.equal(y, label.long())
+    assert type(x) is torch.Tensor and type(y) is torch.Tensor
+
+
+@pytest.mark.parametrize(("resize", "expected"), [((24, 40), (24, 40)), (30, (30, 50))])
+def test_eval_resize_uses_nearest_for_labels(resize, expected):
+    image, mask = blocky_pair(60, 100, block=10, seed=1)
+    x, y = build_eval_transform(resize=resize)(image, mask)
+    assert x.shape == (3, *expected) and y.shape == expected
+    assert set(y.unique().tolist()) <= set(mask.unique().tolist())
+
+
+def test_plain_tensors_are_accepted():
+    x, y = build_eval_transform()(
+        torch.zeros(3, 8, 8, dtype=torch.uint8), torch.ones(8, 8, dtype=torch.int64)
+    )
+    assert x.shape == (3, 8, 8) and torch.equal(y, torch.ones(8, 8, dtype=torch.int64))
+
+
+def test_denormalize_inverts_normalisation_and_handles_batches():
+    image = torch.rand(2, 3, 5, 7)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    torch.testing.assert_close(denormalize((image - mean) / std), image)
+    assert denormalize(torch.full((3, 2, 2), 10.0)).max() == 1.0
+    with pytest.raises(TypeError, match="float"):
+        denormalize(torch.zeros(3, 2, 2, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="shape"):
+        denormalize(torch.zeros(4, 2, 2))
+
+
+def test_bad_inputs_raise_clear_errors():
+    t = build_eval_transform()
+    with pytest.raises(TypeError, match="uint8"):
+        t(torch.zeros(3, 4, 4), torch.zeros(4, 4, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="3 channels"):
+        t(torch.zeros(4, 4, 4, dtype=torch.uint8), torch.zeros(4, 4, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="mask"):
+        t(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="sizes differ"):
+        t(torch.zeros(3, 4, 4, dtype=torch.uint8), torch.zeros(4, 5, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="positive"):
+        build_train_transform(crop_size=0)
+    with pytest.raises(TypeError, match="crop_size"):
+        build_train_transform(crop_size=(1, 2, 3))
+    with pytest.raises(ValueError, match="scale_range"):
+        build_train_transform(crop_size=8, scale_range=(2.0, 1.0))
+    with pytest.raises(ValueError, match="positive"):
+        build_eval_transform(resize=-1)
