@@ -5,7 +5,7 @@
 True
 """
 
-from . import lwrefinenet  # noqa: F401  (registers the models)
+from . import icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
 from .base import SegmentationModel, SegmentationOutput
 from .registry import build_model, is_model, list_models, register_model
 
