@@ -1,0 +1,493 @@
+"""``arseg report``: one self-contained HTML page and a Markdown summary for some runs.
+
+The page holds: each run's config, a results table, per-class IoU (table and chart), the
+training curves (Figure 3), the AR-loss trend (Table 2), the paired comparison of every run
+against the first (bootstrap over images, when the runs were evaluated with ``arseg eval``),
+the affinity heat maps (Figure 4) and prediction overlays (Figure 2) when checkpoints exist.
+
+Figures are embedded in the HTML as base64 PNGs (the page needs no other file) and written as
+PNGs beside the Markdown summary, which links them.
+
+Example:
+    >>> from arseg.analysis.report import build_report  # doctest: +SKIP
+    >>> build_report(["runs/demo/finetune_ce", "runs/demo/finetune_ar"], "runs/demo/report")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import math
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from arseg.analysis.compare import compare_runs, format_comparison
+from arseg.analysis.figures import (
+    figure_to_base64,
+    plot_class_deltas,
+    plot_curves,
+    plot_overlays,
+    plot_per_class_iou,
+    save_figure,
+)
+from arseg.analysis.runs import Run, RunError
+from arseg.analysis.stats import TrendResult, ols_trend, relative_change
+
+__all__ = ["ReportPaths", "TrendReport", "build_report", "curve_data", "trend_of_run"]
+
+
+# ------------------------------------------------------------------- shared helpers
+def curve_data(
+    run: Run, *, miou_key: str = "val/miou", ar_key: str = "train/ar"
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"miou": (epochs, values), "ar": (steps, values)} for :func:`plot_curves` (what exists)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if run.has_series(miou_key):
+        s = run.series(miou_key, index="epoch")
+        out["miou"] = (s.index.to_numpy(), s.to_numpy())
+    if run.has_series(ar_key):
+        s = run.series(ar_key, index="step")
+        out["ar"] = (s.index.to_numpy(), s.to_numpy())
+    return out
+
+
+@dataclass(frozen=True)
+class TrendReport:
+    """Table 2 for one run: OLS of the AR loss on the iteration + val AR change."""
+
+    run: str
+    key: str
+    ols: TrendResult
+    val_start: float | None
+    val_end: float | None
+    val_start_source: str
+
+    @property
+    def val_change_pct(self) -> float | None:
+        if self.val_start is None or self.val_end is None or self.val_start == 0:
+            return None
+        return relative_change(self.val_start, self.val_end)
+
+    def format(self) -> str:
+        lines = [f"OLS: {self.key} ~ iteration ({self.run})", self.ols.table()]
+        direction = "falls" if self.ols.slope < 0 else "rises"
+        lines.append(
+            f"slope {self.ols.slope:.3e} per iteration ({direction}; p = {self.ols.p_value[1]:.3g})"
+        )
+        if self.val_change_pct is not None:
+            lines.append(
+                f"val AR loss: {self.val_start:.4f} ({self.val_start_source}) -> {self.val_end:.4f} "
+                f"(last epoch): {self.val_change_pct:+.1f}%"
+            )
+        else:
+            lines.append("val AR loss: fewer than two values logged, no change computed")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "run": self.run,
+            "key": self.key,
+            "ols": self.ols.as_dict(),
+            "val_ar_start": self.val_start,
+            "val_ar_end": self.val_end,
+            "val_ar_start_source": self.val_start_source,
+            "val_ar_change_pct": self.val_change_pct,
+        }
+
+
+def trend_of_run(
+    run: Run,
+    *,
+    key: str = "train/ar",
+    val_key: str = "val/ar",
+    start_from: Run | None = None,
+    min_step: int | None = None,
+) -> TrendReport:
+    """OLS of ``key`` against the step over ``run``, and the change of ``val_key``.
+
+    Args:
+        run: a (fine-tuning) run whose metrics.csv logs ``key`` per step.
+        start_from: the run it was initialised from (the baseline); its last ``val_key`` is then
+            the start value (the state before fine-tuning), else the run's first logged value.
+        min_step: leave out steps below this one.
+
+    Raises:
+        RunError: the column is missing; ValueError: fewer than 3 values.
+    """
+    series = run.series(key, index="step")
+    if min_step is not None:
+        series = series[series.index >= min_step]
+    ols = ols_trend(series.index.to_numpy(dtype=np.float64), series.to_numpy(dtype=np.float64))
+    start = end = None
+    source = "first epoch"
+    if run.has_series(val_key):
+        val = run.series(val_key, index="step")
+        end = float(val.iloc[-1])
+        if start_from is not None:
+            start = float(start_from.series(val_key, index="step").iloc[-1])
+            source = f"end of {start_from.label}"
+        elif len(val) >= 2:
+            start = float(val.iloc[0])
+    return TrendReport(str(run.path), key, ols, start, end, source)
+
+
+# --------------------------------------------------------------------- page builder
+class _Page:
+    """Appends the same content to an HTML body and a Markdown document."""
+
+    def __init__(self, fig_dir: Path, md_dir: Path) -> None:
+        self.html: list[str] = []
+        self.md: list[str] = []
+        self.fig_dir = fig_dir
+        self.md_dir = md_dir
+        self.figures: list[Path] = []
+
+    def heading(self, text: str, level: int = 2) -> None:
+        anchor = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+        self.html.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
+        self.md += ["#" * level + " " + text, ""]
+
+    def paragraph(self, text: str) -> None:
+        self.html.append(f"<p>{html.escape(text)}</p>")
+        self.md += [text, ""]
+
+    def pre(self, text: str) -> None:
+        self.html.append(f"<pre>{html.escape(text)}</pre>")
+        self.md += ["```", text, "```", ""]
+
+    def details(self, summary: str, text: str) -> None:
+        self.html.append(
+            f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre></details>"
+        )
+        self.md += [
+            f"<details><summary>{summary}</summary>",
+            "",
+            "```yaml",
+            text,
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+        h = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
+        )
+        self.html.append(f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>")
+        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("|" + "|".join(" --- " for _ in header) + "|")
+        self.md += ["| " + " | ".join(row) + " |" for row in rows]
+        self.md.append("")
+
+    def figure(self, fig, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+
+        png = save_figure(fig, self.fig_dir / name, ("png",))[0]
+        self.figures.append(png)
+        data = figure_to_base64(fig)
+        plt.close(fig)
+        self.html.append(
+            f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+        rel = png.relative_to(self.md_dir) if png.is_relative_to(self.md_dir) else png
+        self.md += [f"![{caption}]({rel.as_posix()})", "", f"*{caption}*", ""]
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; max-width: 1100px;
+       margin: 2em auto; padding: 0 1em; color: #1a1a1a; background: #ffffff; line-height: 1.45; }
+h1 { border-bottom: 3px solid #0072B2; padding-bottom: .2em; }
+h2 { border-bottom: 1px solid #ccc; padding-bottom: .15em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #bbb; padding: .25em .6em; text-align: right; }
+th { background: #e8f0f8; }
+td:first-child, th:first-child { text-align: left; }
+tbody tr:nth-child(even) { background: #f6f6f6; }
+pre { background: #f4f4f4; padding: .7em; overflow-x: auto; font-size: 0.85em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.9em; color: #444; }
+.note { color: #8a4b00; }
+"""
+
+
+def _fmt(value: float, key: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if "miou" in key or "pixel_acc" in key:
+        return f"{100 * value:.2f}"
+    if key == "steps":
+        return f"{int(value)}"
+    if "time" in key:
+        return f"{value:.1f}"
+    return f"{value:.4f}"
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    html: Path
+    markdown: Path
+    figures: list[Path]
+
+
+def _warn(msg: str) -> None:
+    print(f"arseg report: {msg}", file=sys.stderr)
+
+
+def build_report(
+    runs: Sequence[Run | str | Path],
+    out_dir: str | Path,
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "arseg report",
+    num_images: int = 3,
+    split: str = "val",
+    images: bool = True,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    scales=(12, 6),
+) -> ReportPaths:
+    """Write ``out_dir/report.html`` (self-contained), ``out_dir/report.md`` and its figures.
+
+    Args:
+        runs: run directories; the first is the reference (baseline) of the comparisons and the
+            first prediction column.
+        labels: display names (default: directory names).
+        num_images: validation images in the heat maps and overlays (0 = none).
+        images: load checkpoints to draw heat maps and overlays (needs the engine and the data).
+        n_boot, seed: bootstrap settings of the comparisons.
+    """
+    from arseg import __version__
+    from arseg.analysis.runs import load_run
+
+    runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    if not runs:
+        raise ValueError("build_report needs at least one run")
+    if labels is not None:
+        if len(labels) != len(runs):
+            raise ValueError(f"got {len(labels)} labels for {len(runs)} runs")
+        for run, label in zip(runs, labels):
+            run.label = label
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    page = _Page(out_dir / "figures", out_dir)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    page.heading(title, 1)
+    page.paragraph(f"Generated by arseg {__version__} on {now} from {len(runs)} run(s).")
+
+    # runs and configs
+    page.heading("Runs")
+    page.table(
+        ["label", "directory", "seed"],
+        [[r.label, str(r.path), str(r.seed) if r.seed is not None else "–"] for r in runs],
+    )
+    for r in runs:
+        if r.config:
+            page.details(f"config of {r.label}", yaml.safe_dump(r.config, sort_keys=False).rstrip())
+
+    # results
+    page.heading("Results")
+    results = {r.label: r.results() for r in runs}
+    keys: list[str] = []
+    for res in results.values():
+        keys += [k for k in res if k not in keys]
+    if keys:
+        page.table(
+            ["run", *keys],
+            [
+                [label, *(_fmt(res.get(k, math.nan), k) for k in keys)]
+                for label, res in results.items()
+            ],
+        )
+        page.paragraph(
+            "mIoU and pixel accuracy in %; AR loss as logged; 'eval' columns from `arseg eval`."
+        )
+    else:
+        page.paragraph("No summary.json or eval/metrics.json found.")
+
+    # per-class IoU
+    per_class = {r.label: r.per_class_iou() for r in runs}
+    per_class = {k: v for k, v in per_class.items() if v}
+    if per_class:
+        page.heading("Per-class IoU")
+        classes: list[str] = []
+        for v in per_class.values():
+            classes += [c for c in v if c not in classes]
+        page.table(
+            ["class", *per_class],
+            [[c, *(_fmt(v.get(c, math.nan), "miou") for v in per_class.values())] for c in classes],
+        )
+        page.figure(plot_per_class_iou(per_class), "per_class_iou", "Per-class IoU (%) of each run")
+
+    # comparisons against the first run
+    evaluated = [r for r in runs if (r.path / "eval" / "per_image_confusion.npy").is_file()]
+    if len(runs) > 1 and runs[0] in evaluated:
+        page.heading("Paired comparison")
+        for other in runs[1:]:
+            if other not in evaluated:
+                page.paragraph(f"{other.label}: not evaluated (run `arseg eval {other.path}`).")
+                continue
+            try:
+                cmp = compare_runs(
+                    [runs[0]],
+                    [other],
+                    n_boot=n_boot,
+                    seed=seed,
+                    label_a=runs[0].label,
+                    label_b=other.label,
+                )
+            except (RunError, ValueError) as err:
+                page.paragraph(f"{other.label}: comparison impossible: {err}")
+                continue
+            page.heading(f"{other.label} vs {runs[0].label}", 3)
+            page.pre(format_comparison(cmp))
+            bs = cmp.bootstrap
+            fig = plot_class_deltas(
+                [c.name for c in bs.per_class],
+                [c.delta for c in bs.per_class],
+                [c.ci_low for c in bs.per_class],
+                [c.ci_high for c in bs.per_class],
+                overall=(bs.delta, bs.ci_low, bs.ci_high),
+                label=f"{other.label} − {runs[0].label}",
+                level=bs.level,
+            )
+            safe = "".join(c if c.isalnum() else "_" for c in other.label)
+            page.figure(
+                fig,
+                f"delta_{safe}",
+                f"IoU difference {other.label} − {runs[0].label} with paired bootstrap intervals",
+            )
+
+    # curves and trend
+    curves = {r.label: curve_data(r) for r in runs if r.has_metrics}
+    curves = {k: v for k, v in curves.items() if v}
+    if curves:
+        page.heading("Training curves")
+        page.figure(
+            plot_curves(curves),
+            "curves",
+            "Validation mIoU per epoch and AR loss per iteration (Figure 3)",
+        )
+        trend_rows = []
+        for r in runs:
+            if not r.has_series("train/ar"):
+                continue
+            try:
+                t = trend_of_run(r)
+            except (RunError, ValueError) as err:
+                _warn(f"no trend for {r.label}: {err}")
+                continue
+            trend_rows.append(
+                [
+                    r.label,
+                    f"{t.ols.intercept:.4e}",
+                    f"{t.ols.slope:.4e}",
+                    f"{t.ols.std_error[1]:.3e}",
+                    f"{t.ols.t_value[1]:.2f}",
+                    f"{t.ols.p_value[1]:.3g}",
+                    "–" if t.val_change_pct is None else f"{t.val_change_pct:+.1f}",
+                ]
+            )
+        if trend_rows:
+            page.heading("AR loss trend (OLS on the iteration)", 3)
+            page.table(
+                [
+                    "run",
+                    "intercept",
+                    "slope",
+                    "slope std. error",
+                    "t value",
+                    "Pr(>|t|)",
+                    "val AR change %",
+                ],
+                trend_rows,
+            )
+
+    # heat maps and overlays
+    if images and num_images > 0:
+        _image_sections(page, runs, num_images=num_images, split=split, scales=scales)
+
+    html_path = out_dir / "report.html"
+    html_path.write_text(
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
+        + "\n".join(page.html)
+        + "\n</body></html>\n",
+        encoding="utf-8",
+    )
+    md_path = out_dir / "report.md"
+    md_path.write_text("\n".join(page.md).rstrip() + "\n", encoding="utf-8")
+    return ReportPaths(html_path, md_path, page.figures)
+
+
+def _image_sections(
+    page: _Page, runs: Sequence[Run], *, num_images: int, split: str, scales
+) -> None:
+    import torch
+
+    from arseg.analysis.affinity import (
+        affinity_figure,
+        compute_affinity_panels,
+        dataset_samples,
+        load_models_and_dataset,
+        to_display_image,
+    )
+
+    with_ckpt = []
+    for r in runs:
+        try:
+            with_ckpt.append((r, r.checkpoint("best")))
+        except RunError as err:
+            _warn(f"{r.label}: {err}; left out of the heat maps and overlays")
+    if not with_ckpt:
+        return
+    try:
+        models, _, dataset = load_models_and_dataset([c for _, c in with_ckpt], split=split)
+    except (ImportError, OSError, RunError) as err:
+        _warn(f"heat maps and overlays skipped: {err}")
+        page.paragraph(f"Heat maps and overlays skipped: {err}")
+        return
+    n = min(num_images, len(dataset))
+    # spread the images over the split so they are not all near-duplicates of one scene
+    indices = sorted({int(i) for i in np.linspace(0, len(dataset) - 1, n).round()})
+    samples = dataset_samples(dataset, indices)
+    named = {r.label: m for (r, _), m in zip(with_ckpt, models)}
+    ignore_index = int(getattr(dataset, "ignore_index", 255))
+
+    page.heading("Affinity heat maps")
+    panels = compute_affinity_panels(named, samples, scales=scales, ignore_index=ignore_index)
+    page.figure(
+        affinity_figure(panels, scales=scales),
+        "affinity",
+        "Label affinity M and square-root affinity A of each model (Figure 4); grey = ignored",
+    )
+
+    from arseg.engine import predict_logits
+
+    page.heading("Predictions")
+    preds: dict[str, list[np.ndarray]] = {label: [] for label in named}
+    with torch.inference_mode():
+        for image, _, _ in samples:
+            for label, model in named.items():
+                preds[label].append(predict_logits(model, image[None])[0].argmax(0).cpu().numpy())
+    classes = list(getattr(dataset, "classes", [])) or [
+        f"class {k}" for k in range(int(max(p.max() for v in preds.values() for p in v)) + 1)
+    ]
+    fig = plot_overlays(
+        [to_display_image(s[0]) for s in samples],
+        [s[1].numpy() for s in samples],
+        preds,
+        classes=classes,
+        palette=getattr(dataset, "palette", None) or None,
+        ignore_index=ignore_index,
+        titles=[s[2] for s in samples],
+    )
+    page.figure(fig, "overlays", "Input, ground truth and the prediction of each model (Figure 2)")

@@ -1,0 +1,267 @@
+"""Reading run directories written by the engine.
+
+A run directory (see the README) holds::
+
+    RUN/config.yaml                    the resolved config
+    RUN/metrics.csv                    Lightning CSVLogger: per-step and per-epoch rows
+    RUN/summary.json                   {"best_miou", "final", "steps", "wall_time_s"}
+    RUN/checkpoints/{best,last}.ckpt
+    RUN/eval/metrics.json              written by ``arseg eval RUN``
+    RUN/eval/per_image_confusion.npy   (n_images, C, C) int64, rows = ground truth
+
+Everything here is read lazily and only what a command needs: a run without
+``eval/`` can still be plotted, a run without ``metrics.csv`` can still be compared.
+
+Example:
+    >>> from arseg.analysis.runs import load_run  # doctest: +SKIP
+    >>> run = load_run("runs/demo/finetune_ar")  # doctest: +SKIP
+    >>> run.series("train/ar").tail(3)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+__all__ = [
+    "Run",
+    "RunError",
+    "expand_run_group",
+    "find_key",
+    "load_run",
+]
+
+
+class RunError(ValueError):
+    """A path is not a run directory, or lacks a file that a command needs."""
+
+
+def _is_run_dir(path: Path) -> bool:
+    return path.is_dir() and any(
+        (path / name).exists() for name in ("config.yaml", "metrics.csv", "summary.json", "eval")
+    )
+
+
+def find_key(config: Any, key: str) -> Any:
+    """Return the first value stored under ``key`` in a nested dict/list (depth first), else None.
+
+    Example:
+        >>> find_key({"trainer": {"seed": 3}}, "seed")
+        3
+    """
+    if isinstance(config, dict):
+        if key in config:
+            return config[key]
+        values: Iterable[Any] = config.values()
+    elif isinstance(config, (list, tuple)):
+        values = config
+    else:
+        return None
+    for value in values:
+        found = find_key(value, key)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass
+class Run:
+    """One run directory, read lazily.
+
+    Attributes:
+        path: the run directory.
+        label: a short display name (default: the directory name).
+    """
+
+    path: Path
+    label: str = ""
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if not self.label:
+            self.label = self.path.name or str(self.path)
+
+    # ------------------------------------------------------------------ files
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """The resolved config (``{}`` when the run has no config.yaml)."""
+        file = self.path / "config.yaml"
+        if not file.is_file():
+            return {}
+        with file.open() as f:
+            data = yaml.safe_load(f)
+        return data if isinstance(data, dict) else {}
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """summary.json (``{}`` when absent)."""
+        file = self.path / "summary.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    @cached_property
+    def eval_metrics(self) -> dict[str, Any]:
+        """eval/metrics.json (``{}`` when absent)."""
+        file = self.path / "eval" / "metrics.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    @cached_property
+    def metrics(self) -> pd.DataFrame:
+        """metrics.csv as a DataFrame (raises RunError when absent)."""
+        file = self.path / "metrics.csv"
+        if not file.is_file():
+            raise RunError(f"{self.path} has no metrics.csv (is it a run directory?)")
+        return pd.read_csv(file)
+
+    @property
+    def has_metrics(self) -> bool:
+        return (self.path / "metrics.csv").is_file()
+
+    def confusion(self) -> np.ndarray:
+        """Per-image confusion matrices (n_images, C, C) int64, rows = ground truth.
+
+        Raises:
+            RunError: if ``eval/per_image_confusion.npy`` is missing or malformed.
+        """
+        if "confusion" not in self._cache:
+            file = self.path / "eval" / "per_image_confusion.npy"
+            if not file.is_file():
+                raise RunError(
+                    f"{self.path} has no eval/per_image_confusion.npy: run `arseg eval {self.path}` first"
+                )
+            conf = np.load(file)
+            if conf.ndim != 3 or conf.shape[1] != conf.shape[2]:
+                raise RunError(f"{file}: expected shape (n_images, C, C), got {conf.shape}")
+            self._cache["confusion"] = conf.astype(np.int64, copy=False)
+        return self._cache["confusion"]
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """Path of ``checkpoints/<which>.ckpt`` (falls back to last.ckpt for ``best``)."""
+        for name in (which, "last") if which == "best" else (which,):
+            file = self.path / "checkpoints" / f"{name}.ckpt"
+            if file.is_file():
+                return file
+        raise RunError(f"{self.path} has no checkpoints/{which}.ckpt")
+
+    # --------------------------------------------------------------- content
+    @property
+    def seed(self) -> int | None:
+        seed = find_key(self.config, "seed")
+        return int(seed) if isinstance(seed, (int, np.integer)) else None
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names: from eval/metrics.json, else from the val/iou/<name> columns."""
+        if self.eval_metrics.get("classes"):
+            return [str(c) for c in self.eval_metrics["classes"]]
+        if self.has_metrics:
+            return [c[len("val/iou/") :] for c in self.metrics.columns if c.startswith("val/iou/")]
+        return []
+
+    def series(self, key: str, *, index: str = "step") -> pd.Series:
+        """The non-missing values of one metrics.csv column, indexed by ``step`` or ``epoch``.
+
+        Several rows with the same index (Lightning writes one row per logger call) are
+        averaged. Raises RunError when the column does not exist or holds no value.
+        """
+        df = self.metrics
+        if key not in df.columns:
+            raise RunError(
+                f"{self.path}/metrics.csv has no column {key!r}; columns: {', '.join(df.columns)}"
+            )
+        if index not in df.columns:
+            raise RunError(f"{self.path}/metrics.csv has no column {index!r}")
+        rows = df[[index, key]].dropna()
+        if rows.empty:
+            raise RunError(f"{self.path}/metrics.csv: column {key!r} holds no value")
+        series = rows.groupby(index)[key].mean()
+        series.index = series.index.astype(np.int64)
+        series.name = key
+        return series
+
+    def has_series(self, key: str) -> bool:
+        return self.has_metrics and key in self.metrics.columns and self.metrics[key].notna().any()
+
+    def per_class_iou(self) -> dict[str, float]:
+        """Per-class IoU: eval/metrics.json, else the last epoch's val/iou/<class>."""
+        if self.eval_metrics.get("iou_per_class"):
+            return {str(k): float(v) for k, v in self.eval_metrics["iou_per_class"].items()}
+        out: dict[str, float] = {}
+        for name in self.classes:
+            key = f"val/iou/{name}"
+            if self.has_series(key):
+                out[name] = float(self.series(key, index="epoch").iloc[-1])
+        return out
+
+    def results(self) -> dict[str, float]:
+        """Headline numbers: eval/metrics.json when present, else summary.json."""
+        out: dict[str, float] = {}
+        final = self.summary.get("final", {}) or {}
+        for key in ("val/miou", "val/pixel_acc", "val/ar"):
+            if key in final:
+                out[key] = float(final[key])
+        if "best_miou" in self.summary:
+            out["best val/miou"] = float(self.summary["best_miou"])
+        ev = self.eval_metrics
+        for src, dst in (
+            ("miou", "eval miou"),
+            ("pixel_acc", "eval pixel_acc"),
+            ("val_ar", "eval AR"),
+        ):
+            if src in ev:
+                out[dst] = float(ev[src])
+        if "steps" in self.summary:
+            out["steps"] = float(self.summary["steps"])
+        if "wall_time_s" in self.summary:
+            out["wall time (s)"] = float(self.summary["wall_time_s"])
+        return out
+
+
+def load_run(path: str | Path, label: str | None = None) -> Run:
+    """Open a run directory.
+
+    Raises:
+        RunError: if ``path`` does not exist or does not look like a run directory.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"run directory {path} does not exist")
+    if not _is_run_dir(path):
+        raise RunError(
+            f"{path} is not a run directory (expected config.yaml, metrics.csv, summary.json or eval/)"
+        )
+    return Run(path, label or "")
+
+
+def expand_run_group(spec: str | Path | Sequence[str | Path]) -> list[Run]:
+    """Turn a command-line run spec into runs (for example the seeds of one arm).
+
+    ``spec`` is a run directory, a directory whose sub-directories are run directories
+    (one per seed, sorted by name), a comma-separated list of run directories, or a
+    sequence of any of these.
+
+    Example:
+        >>> expand_run_group("runs/ar_seed0,runs/ar_seed1")  # doctest: +SKIP
+    """
+    if isinstance(spec, (list, tuple)):
+        return [run for item in spec for run in expand_run_group(item)]
+    text = str(spec)
+    if "," in text:
+        return [run for item in text.split(",") if item for run in expand_run_group(item)]
+    path = Path(text)
+    if not path.exists():
+        raise RunError(f"run directory {path} does not exist")
+    if _is_run_dir(path):
+        return [load_run(path)]
+    children = sorted(p for p in path.iterdir() if _is_run_dir(p))
+    if not children:
+        raise RunError(f"{path} is neither a run directory nor a directory of run directories")
+    return [Run(p) for p in children]

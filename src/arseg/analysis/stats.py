@@ -1,0 +1,434 @@
+"""Statistics for judging a loss: OLS trend, IoU from confusion matrices, paired bootstrap,
+across-seed summaries.
+
+Everything here is plain numpy / scipy / statsmodels on arrays; reading run directories
+lives in :mod:`arseg.analysis.runs`.
+
+Conventions:
+    * confusion matrices have rows = ground truth, columns = prediction (as the engine
+      writes ``eval/per_image_confusion.npy``);
+    * the IoU of a class that appears neither in the ground truth nor in the prediction is
+      undefined (NaN) and left out of the mean, like torchmetrics' ``MulticlassJaccardIndex``
+      with ``average="macro"``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "BootstrapResult",
+    "ClassDelta",
+    "PairedTest",
+    "SeedSummary",
+    "TrendResult",
+    "iou_from_confusion",
+    "miou_from_confusion",
+    "ols_trend",
+    "paired_bootstrap",
+    "paired_seed_test",
+    "pixel_accuracy_from_confusion",
+    "relative_change",
+    "seed_summary",
+]
+
+
+# --------------------------------------------------------------------------- OLS trend
+@dataclass(frozen=True)
+class TrendResult:
+    """OLS fit ``y = intercept + slope * x`` with the R-style coefficient table.
+
+    ``estimate``, ``std_error``, ``t_value`` and ``p_value`` are (intercept, slope) pairs;
+    ``p_value`` is the two-sided Pr(>|t|) with ``n - 2`` degrees of freedom.
+    """
+
+    estimate: tuple[float, float]
+    std_error: tuple[float, float]
+    t_value: tuple[float, float]
+    p_value: tuple[float, float]
+    r_squared: float
+    n: int
+
+    @property
+    def intercept(self) -> float:
+        return self.estimate[0]
+
+    @property
+    def slope(self) -> float:
+        return self.estimate[1]
+
+    def table(self, x_name: str = "iteration") -> str:
+        """The coefficient table as R's ``summary(lm(...))`` prints it."""
+        rows = [("(Intercept)", 0), (x_name, 1)]
+        width = max(len(name) for name, _ in rows)
+        header = (
+            f"{'':<{width}}  {'Estimate':>12}  {'Std. Error':>12}  {'t value':>9}  {'Pr(>|t|)':>10}"
+        )
+        lines = [header]
+        for name, i in rows:
+            lines.append(
+                f"{name:<{width}}  {self.estimate[i]:>12.4e}  {self.std_error[i]:>12.4e}  "
+                f"{self.t_value[i]:>9.3f}  {_format_p(self.p_value[i]):>10}"
+            )
+        lines.append(f"n = {self.n}, R^2 = {self.r_squared:.4f}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict[str, object]:
+        names = ("intercept", "slope")
+        return {
+            name: {
+                "estimate": self.estimate[i],
+                "std_error": self.std_error[i],
+                "t_value": self.t_value[i],
+                "p_value": self.p_value[i],
+            }
+            for i, name in enumerate(names)
+        } | {"r_squared": self.r_squared, "n": self.n}
+
+
+def _format_p(p: float) -> str:
+    return "< 2e-16" if p < 2e-16 else f"{p:.3g}"
+
+
+def ols_trend(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> TrendResult:
+    """Ordinary least squares of ``y`` on ``x`` with an intercept (statsmodels ``OLS``).
+
+    This is the paper's Table 2: the AR loss regressed on the iteration over a fine-tuning run;
+    a significantly negative slope says the AR loss keeps falling.
+
+    Args:
+        x: (n,) regressor, e.g. the training step.
+        y: (n,) response, e.g. the AR loss at that step. NaN pairs are dropped.
+
+    Returns:
+        TrendResult with estimates, standard errors, t values and two-sided p values.
+
+    Raises:
+        ValueError: if x and y differ in length, fewer than 3 finite pairs remain, or x is constant.
+
+    Example:
+        >>> res = ols_trend([0, 1, 2, 3], [1.0, 0.9, 0.85, 0.7])
+        >>> round(res.slope, 3)
+        -0.095
+    """
+    import statsmodels.api as sm
+
+    xa = np.asarray(x, dtype=np.float64).reshape(-1)
+    ya = np.asarray(y, dtype=np.float64).reshape(-1)
+    if xa.shape != ya.shape:
+        raise ValueError(f"x and y must have the same length, got {xa.size} and {ya.size}")
+    keep = np.isfinite(xa) & np.isfinite(ya)
+    xa, ya = xa[keep], ya[keep]
+    if xa.size < 3:
+        raise ValueError(f"OLS trend needs at least 3 finite (x, y) pairs, got {xa.size}")
+    if np.ptp(xa) == 0:
+        raise ValueError("OLS trend needs at least two distinct x values")
+    fit = sm.OLS(ya, sm.add_constant(xa, has_constant="add")).fit()
+    pair = lambda v: (float(v[0]), float(v[1]))  # noqa: E731
+    return TrendResult(
+        estimate=pair(fit.params),
+        std_error=pair(fit.bse),
+        t_value=pair(fit.tvalues),
+        p_value=pair(fit.pvalues),
+        r_squared=float(fit.rsquared),
+        n=int(xa.size),
+    )
+
+
+def relative_change(start: float, end: float) -> float:
+    """Change from ``start`` to ``end`` in percent of ``start`` (0.187 -> 0.165 gives -11.8).
+
+    Example:
+        >>> round(relative_change(0.187, 0.165), 1)
+        -11.8
+    """
+    if start == 0:
+        raise ValueError("relative change from a start value of 0 is undefined")
+    return 100.0 * (end - start) / abs(start)
+
+
+# ------------------------------------------------------------------- IoU from confusion
+def _check_confusion(conf: np.ndarray, name: str = "confusion") -> np.ndarray:
+    conf = np.asarray(conf)
+    if conf.ndim < 2 or conf.shape[-1] != conf.shape[-2]:
+        raise ValueError(f"{name} must have shape (..., C, C), got {conf.shape}")
+    if not np.issubdtype(conf.dtype, np.number):
+        raise TypeError(f"{name} must be numeric, got dtype {conf.dtype}")
+    return conf
+
+
+def iou_from_confusion(conf: np.ndarray) -> np.ndarray:
+    """Per-class IoU ``tp / (gt + pred - tp)`` of confusion matrices (..., C, C) -> (..., C).
+
+    Classes with an empty union are NaN.
+
+    Example:
+        >>> iou_from_confusion(np.array([[3, 1], [0, 0]]))
+        array([0.75, 0.  ])
+    """
+    conf = _check_confusion(conf).astype(np.float64, copy=False)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    union = conf.sum(-1) + conf.sum(-2) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, tp / np.where(union > 0, union, 1.0), np.nan)
+
+
+def miou_from_confusion(conf: np.ndarray) -> np.ndarray | float:
+    """Mean IoU over classes present in the ground truth or the prediction, (..., C, C) -> (...)."""
+    iou = iou_from_confusion(conf)
+    valid = ~np.isnan(iou)
+    count = valid.sum(-1)
+    total = np.where(valid, iou, 0.0).sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def pixel_accuracy_from_confusion(conf: np.ndarray) -> float:
+    """Fraction of correctly labelled (non-ignored) pixels of a (C, C) or (n, C, C) confusion."""
+    conf = _check_confusion(conf)
+    total = conf.reshape(-1, *conf.shape[-2:]).sum(0)
+    n = total.sum()
+    return float(np.trace(total) / n) if n > 0 else float("nan")
+
+
+# ----------------------------------------------------------------------- bootstrap
+@dataclass(frozen=True)
+class ClassDelta:
+    """Per-class IoU of arm A and arm B (mean over seeds), B - A, and its bootstrap interval."""
+
+    name: str
+    iou_a: float
+    iou_b: float
+    delta: float
+    ci_low: float
+    ci_high: float
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Paired bootstrap of the mIoU difference ``B - A`` over validation images.
+
+    ``delta``, ``ci_low``, ``ci_high`` are in IoU units (0..1); ``p_value`` is the two-sided
+    bootstrap p value ``2 * min(P*(d <= 0), P*(d >= 0))`` (capped at 1).
+    """
+
+    miou_a: float
+    miou_b: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    level: float
+    n_boot: int
+    n_images: int
+    seed: int
+    per_class: list[ClassDelta] = field(default_factory=list)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci_low > 0 or self.ci_high < 0
+
+
+def _as_runs(conf: np.ndarray, name: str) -> np.ndarray:
+    conf = _check_confusion(conf, name)
+    if conf.ndim == 3:
+        conf = conf[None]
+    if conf.ndim != 4:
+        raise ValueError(
+            f"{name} must have shape (n_images, C, C) or (n_runs, n_images, C, C), got {conf.shape}"
+        )
+    return conf
+
+
+def paired_bootstrap(
+    conf_a: np.ndarray,
+    conf_b: np.ndarray,
+    *,
+    n_boot: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+    class_names: Sequence[str] | None = None,
+    chunk: int = 1000,
+) -> BootstrapResult:
+    """Paired bootstrap interval of the mIoU difference between two arms, over images.
+
+    Each resample draws ``n_images`` validation images with replacement; the *same* draw is
+    applied to every run of both arms (pairing by image), their confusion matrices are summed
+    over the drawn images, and the statistic is ``mean_seeds mIoU(B) - mean_seeds mIoU(A)``.
+    The interval is the percentile interval of the resampled statistic.
+
+    Args:
+        conf_a, conf_b: per-image confusion matrices, (n_images, C, C) for one run or
+            (n_runs, n_images, C, C) for several seeds; rows = ground truth. Both arms must be
+            evaluated on the same images in the same order.
+        n_boot: number of resamples (>= 100).
+        level: coverage of the interval, in (0, 1).
+        seed: seed of the numpy Generator: the same seed gives the same result.
+        class_names: names for the per-class table (default ``class_0``...).
+        chunk: resamples processed at a time (memory bound).
+
+    Returns:
+        BootstrapResult (mIoU units 0..1), with per-class IoU differences and intervals.
+
+    Example:
+        >>> rng = np.random.default_rng(0)
+        >>> conf = rng.integers(0, 50, size=(20, 3, 3))
+        >>> res = paired_bootstrap(conf, conf, n_boot=200)
+        >>> res.delta, res.ci_low, res.ci_high
+        (0.0, 0.0, 0.0)
+    """
+    a = _as_runs(conf_a, "conf_a")
+    b = _as_runs(conf_b, "conf_b")
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(
+            "both arms must be evaluated on the same images with the same classes: "
+            f"got (n_images, C, C) = {a.shape[1:]} and {b.shape[1:]}"
+        )
+    if not isinstance(n_boot, int) or n_boot < 100:
+        raise ValueError(f"n_boot must be an int >= 100, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n_images, n_classes = a.shape[1], a.shape[-1]
+    if n_images < 2:
+        raise ValueError(f"the bootstrap needs at least 2 images, got {n_images}")
+    names = (
+        list(class_names) if class_names is not None else [f"class_{k}" for k in range(n_classes)]
+    )
+    if len(names) != n_classes:
+        raise ValueError(f"class_names has {len(names)} names for {n_classes} classes")
+
+    runs = np.concatenate([a, b]).astype(np.float64)  # (R, n, C, C)
+    n_a = a.shape[0]
+    flat = runs.transpose(1, 0, 2, 3).reshape(n_images, -1)  # (n, R*C*C)
+
+    def arm_stats(total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # total (..., R, C, C) -> per-arm mean mIoU (...) and per-class IoU (..., C)
+        iou = iou_from_confusion(total)
+        miou = miou_from_confusion(total)
+        with np.errstate(invalid="ignore"):
+            cls_a = np.nanmean(iou[..., :n_a, :], axis=-2) if n_a > 1 else iou[..., 0, :]
+            cls_b = (
+                np.nanmean(iou[..., n_a:, :], axis=-2)
+                if runs.shape[0] - n_a > 1
+                else iou[..., n_a, :]
+            )
+        return miou[..., :n_a].mean(-1), miou[..., n_a:].mean(-1), cls_a, cls_b
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of all-NaN class columns
+        m_a, m_b, c_a, c_b = arm_stats(runs.sum(1))
+        rng = np.random.default_rng(seed)
+        deltas = np.empty(n_boot)
+        cls_deltas = np.empty((n_boot, n_classes))
+        probs = np.full(n_images, 1.0 / n_images)
+        for start in range(0, n_boot, chunk):
+            stop = min(start + chunk, n_boot)
+            counts = rng.multinomial(n_images, probs, size=stop - start).astype(np.float64)
+            totals = (counts @ flat).reshape(stop - start, runs.shape[0], n_classes, n_classes)
+            bm_a, bm_b, bc_a, bc_b = arm_stats(totals)
+            deltas[start:stop] = bm_b - bm_a
+            cls_deltas[start:stop] = bc_b - bc_a
+
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.nanquantile(deltas, [alpha, 1.0 - alpha])
+    finite = deltas[np.isfinite(deltas)]
+    p = min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0))) if finite.size else math.nan
+    per_class = []
+    for k, name in enumerate(names):
+        col = cls_deltas[:, k]
+        col = col[np.isfinite(col)]
+        clo, chi = np.quantile(col, [alpha, 1.0 - alpha]) if col.size else (math.nan, math.nan)
+        per_class.append(
+            ClassDelta(
+                name, float(c_a[k]), float(c_b[k]), float(c_b[k] - c_a[k]), float(clo), float(chi)
+            )
+        )
+    return BootstrapResult(
+        miou_a=float(m_a),
+        miou_b=float(m_b),
+        delta=float(m_b - m_a),
+        ci_low=float(lo),
+        ci_high=float(hi),
+        p_value=float(p),
+        level=level,
+        n_boot=n_boot,
+        n_images=n_images,
+        seed=seed,
+        per_class=per_class,
+    )
+
+
+# ------------------------------------------------------------------------ seeds
+@dataclass(frozen=True)
+class SeedSummary:
+    """Mean and sample standard deviation (ddof=1; NaN for one value) over seeds."""
+
+    mean: float
+    std: float
+    n: int
+
+    def format(self, scale: float = 100.0, digits: int = 2) -> str:
+        if self.n < 2:
+            return f"{self.mean * scale:.{digits}f}"
+        return f"{self.mean * scale:.{digits}f} ± {self.std * scale:.{digits}f}"
+
+
+def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
+    """Mean ± std (ddof=1) of one metric over seeds.
+
+    Example:
+        >>> seed_summary([0.5, 0.6, 0.7]).format()
+        '60.00 ± 10.00'
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("seed_summary needs at least one value")
+    return SeedSummary(
+        float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
+    )
+
+
+@dataclass(frozen=True)
+class PairedTest:
+    """Paired t-test of ``b - a`` over seeds (scipy ``ttest_rel``)."""
+
+    mean_diff: float
+    std_diff: float
+    t_value: float
+    p_value: float
+    df: int
+
+
+def paired_seed_test(a: Sequence[float], b: Sequence[float]) -> PairedTest | None:
+    """Two-sided paired t-test of ``b`` against ``a`` (pairs = runs with the same seed).
+
+    Returns None when fewer than 2 pairs exist (no test is possible).
+
+    Raises:
+        ValueError: if ``a`` and ``b`` have different lengths.
+    """
+    from scipy import stats
+
+    av = np.asarray(a, dtype=np.float64).reshape(-1)
+    bv = np.asarray(b, dtype=np.float64).reshape(-1)
+    if av.shape != bv.shape:
+        raise ValueError(
+            f"paired test needs the same number of runs per arm, got {av.size} and {bv.size}"
+        )
+    if av.size < 2:
+        return None
+    diff = bv - av
+    if np.all(diff == diff[0]):  # zero variance: t is +-inf or undefined
+        t = math.copysign(math.inf, diff[0]) if diff[0] != 0 else math.nan
+        p = 0.0 if diff[0] != 0 else 1.0
+    else:
+        res = stats.ttest_rel(bv, av)
+        t, p = float(res.statistic), float(res.pvalue)
+    return PairedTest(float(diff.mean()), float(diff.std(ddof=1)), t, p, int(av.size - 1))
