@@ -1,0 +1,333 @@
+"""``arseg fit | finetune | eval | predict | demo``: the engine's sub-commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
+
+_OVERRIDES_HELP = (
+    "config overrides as dotted key=value pairs, e.g. optim.lr=0.02 trainer.max_epochs=10 "
+    "model.options.decoder_channels=32 (values are YAML: 0.1, [12, 6], null, true); "
+    "unknown keys are errors"
+)
+
+
+class _IntermixedParser(argparse.ArgumentParser):
+    """Allows ``KEY=VALUE`` overrides before and after options (``CONFIG --run-dir R a.b=1``)."""
+
+    _intermixed = False
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixed:
+            return super().parse_known_args(args, namespace)
+        self._intermixed = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixed = False
+
+
+def _add_parser(
+    subparsers: argparse._SubParsersAction, name: str, **kwargs: Any
+) -> argparse.ArgumentParser:
+    previous = subparsers._parser_class
+    subparsers._parser_class = _IntermixedParser
+    try:
+        return subparsers.add_parser(name, **kwargs)
+    finally:
+        subparsers._parser_class = previous
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        help="run directory (default: the config's run_dir, else runs/<name>)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir exactly from its checkpoints/last.ckpt",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the checkpoints and logs of an existing run directory",
+    )
+    p.add_argument(
+        "--devices",
+        default=None,
+        help="devices per node for Lightning (an int, 'auto', or e.g. '0,1'); "
+        ">1 uses DDP with SyncBatchNorm",
+    )
+    p.add_argument("--num-nodes", type=int, default=None, help="number of nodes (torchrun/SLURM)")
+    p.add_argument("--accelerator", default=None, help="cpu, gpu, mps or auto")
+    p.add_argument("--strategy", default=None, help="Lightning strategy, e.g. ddp (default: auto)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        help="32-true, bf16-mixed or 16-mixed (the AR loss always runs in float32)",
+    )
+    p.add_argument("--max-epochs", type=int, default=None, help="shortcut for trainer.max_epochs")
+    p.add_argument("--max-steps", type=int, default=None, help="shortcut for trainer.max_steps")
+    p.add_argument("--seed", type=int, default=None, help="shortcut for seed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+
+
+def _parse_devices(value: str) -> Any:
+    if value == "auto":
+        return value
+    if "," in value:
+        return [int(v) for v in value.split(",") if v]
+    return int(value)
+
+
+def _config_from_args(
+    args: argparse.Namespace, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from .config import load_config, merge_config, parse_overrides
+
+    overrides = parse_overrides(args.overrides)
+    cli: dict[str, Any] = {"trainer": {}}
+    if args.run_dir is not None:
+        cli["run_dir"] = str(args.run_dir)
+    if args.devices is not None:
+        cli["trainer"]["devices"] = _parse_devices(args.devices)
+    for attr, key in (
+        ("num_nodes", "num_nodes"),
+        ("accelerator", "accelerator"),
+        ("strategy", "strategy"),
+        ("precision", "precision"),
+        ("max_epochs", "max_epochs"),
+        ("max_steps", "max_steps"),
+    ):
+        if getattr(args, attr) is not None:
+            cli["trainer"][key] = getattr(args, attr)
+    if args.no_progress:
+        cli["trainer"]["enable_progress_bar"] = False
+    if args.seed is not None:
+        cli["seed"] = args.seed
+    if extra:
+        cli.update(extra)
+    cfg = load_config(args.config, overrides)
+    from .config import validate_config
+
+    return validate_config(merge_config(cfg, cli, source="command-line options"))
+
+
+def _fail(err: Exception) -> int:
+    print(f"arseg: error: {err}", file=sys.stderr)
+    return 2
+
+
+def _expected_errors() -> tuple[type[Exception], ...]:
+    from .checkpoint import CheckpointMismatchError
+    from .config import ConfigError
+    from .train import RunDirError
+
+    return (ConfigError, CheckpointMismatchError, RunDirError, FileNotFoundError)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .train import fit
+
+    try:
+        extra = {"init_from": str(args.init_from)} if getattr(args, "init_from", None) else None
+        cfg = _config_from_args(args, extra)
+        if args.command == "finetune" and not cfg["init_from"]:
+            raise FileNotFoundError("finetune needs --init-from CKPT (or init_from in the config)")
+        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+    except _expected_errors() as err:
+        return _fail(err)
+    best = summary["best_miou"]
+    print(
+        f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; best val mIoU "
+        f"{best if best is None else f'{best:.4f}'}"
+    )
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .config import ConfigError
+    from .train import evaluate
+
+    eval_over: dict[str, Any] = {}
+    if args.scales is not None:
+        eval_over["scales"] = args.scales
+    if args.flip:
+        eval_over["flip"] = True
+    if args.mode is not None:
+        eval_over["mode"] = args.mode
+    if args.window is not None:
+        eval_over["window"] = args.window
+    if args.stride is not None:
+        eval_over["stride"] = args.stride
+    data_over: dict[str, Any] = {}
+    if args.data_root is not None:
+        data_over["root"] = str(args.data_root)
+    if args.batch_size is not None:
+        data_over["val_batch_size"] = args.batch_size
+    if args.num_workers is not None:
+        data_over["num_workers"] = args.num_workers
+    try:
+        if eval_over.get("mode") == "slide" and "window" not in eval_over:
+            raise ConfigError("--mode slide needs --window H W")
+        m = evaluate(
+            args.run,
+            split=args.split,
+            out_dir=args.out,
+            eval_overrides=eval_over,
+            data_overrides=data_over,
+            accelerator=args.accelerator or "auto",
+            progress=not args.no_progress,
+        )
+    except _expected_errors() as err:
+        return _fail(err)
+    print(
+        f"{m['split']}: mIoU {m['miou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
+        f"  ({m['num_images']} images)"
+    )
+    width = max(len(c) for c in m["classes"])
+    for name in m["classes"]:
+        iou = m["iou_per_class"][name]
+        print(f"  {name:<{width}}  {'n/a' if iou != iou else f'{iou:.4f}'}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_paths
+
+    try:
+        written = predict_paths(
+            args.checkpoint,
+            args.inputs,
+            args.out,
+            scales=args.scales,
+            flip=args.flip,
+            accelerator=args.accelerator or "cpu",
+        )
+    except (*_expected_errors(), ValueError) as err:
+        return _fail(err)
+    print(f"wrote {len(written)} label PNGs and overlays to {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    try:
+        run_demo(out=args.out, steps=args.steps, size=args.size, seed=args.seed)
+    except _expected_errors() as err:
+        return _fail(err)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``fit``, ``finetune``, ``eval``, ``predict`` and ``demo`` to the ``arseg`` parser."""
+    p = _add_parser(
+        subparsers,
+        "fit",
+        help="train a model from a config",
+        description="Train a model from an experiment config (Lightning: checkpoints best/last by "
+        "val mIoU, CSV/TensorBoard logs, DDP with --devices N, --resume after an interruption).",
+    )
+    _add_run_options(p)
+    p.set_defaults(func=_cmd_fit)
+
+    p = _add_parser(
+        subparsers,
+        "finetune",
+        help="fine-tune from a checkpoint's weights (fresh optimiser)",
+        description="Start a run from the weights of another run's checkpoint (e.g. the CE "
+        "baseline), with a fresh optimiser and LR schedule: the paper's CE+AR and CE-only stages.",
+    )
+    _add_run_options(p)
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        required=True,
+        help="checkpoint or run directory (its best.ckpt) whose weights start the run",
+    )
+    p.set_defaults(func=_cmd_fit)
+
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a run or checkpoint (mIoU, per-class IoU, pixel acc, AR loss)",
+        description="Evaluate a run directory (its best.ckpt) or a checkpoint on a split; writes "
+        "RUN/eval/metrics.json and RUN/eval/per_image_confusion.npy (n_images, C, C).",
+    )
+    p.add_argument("run", type=Path, help="run directory or .ckpt file")
+    p.add_argument(
+        "--split", default=None, help="dataset split (default: the config's data.val_split)"
+    )
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval)")
+    p.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="multi-scale inference, e.g. 0.5 0.75 1.0 1.25 1.5 1.75",
+    )
+    p.add_argument("--flip", action="store_true", help="also average horizontally flipped images")
+    p.add_argument(
+        "--mode", choices=("whole", "slide"), default=None, help="whole image or sliding window"
+    )
+    p.add_argument(
+        "--window", type=int, nargs=2, default=None, metavar=("H", "W"), help="sliding window size"
+    )
+    p.add_argument(
+        "--stride",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="sliding window step (default 2/3 of the window)",
+    )
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="dataset root if it moved since training"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="evaluation batch size")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader workers")
+    p.add_argument("--accelerator", default=None, help="cpu, gpu or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_eval)
+
+    p = subparsers.add_parser(
+        "predict",
+        help="segment images: coloured label PNGs and overlays",
+        description="Segment an image or every image in a folder with a checkpoint; writes "
+        "<name>_label.png (class ids), <name>_color.png (palette) and <name>_overlay.png.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint or run directory")
+    p.add_argument("inputs", type=Path, help="an image file or a folder of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--scales", type=float, nargs="+", default=(1.0,), help="inference scales")
+    p.add_argument("--flip", action="store_true", help="also average flipped images")
+    p.add_argument("--accelerator", default=None, help="cpu (default) or gpu")
+    p.set_defaults(func=_cmd_predict)
+
+    p = subparsers.add_parser(
+        "demo",
+        help="the embedded demo: CE baseline, then CE+AR vs CE-only fine-tunes (CPU, minutes)",
+        description="Train a small LW-RefineNet-18 on synthetic scenes with CE, fine-tune it with "
+        "CE + 0.1 AR and with CE alone for the same steps, print a table (mIoU, pixel accuracy, "
+        "val AR loss) and write checkpoints, logs and prediction PNGs under --out. No downloads.",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (default runs/demo)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per stage (default: built-in)"
+    )
+    p.add_argument(
+        "--size", type=int, default=None, help="image side in pixels (default: built-in)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.set_defaults(func=_cmd_demo)

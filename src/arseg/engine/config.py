@@ -1,0 +1,337 @@
+"""Experiment configs: YAML files with ``_base_`` inheritance and dotted ``key=value`` overrides.
+
+A config is a nested dict whose keys are fixed by :data:`DEFAULTS`: every key a file or an
+override names must exist there (a typo is an error, never a silently ignored setting). The
+only open-ended sections are the ``options`` dicts that are passed through as keyword arguments
+(``model.options``, ``data.options``, ``data.train_options``, ``data.val_options``).
+
+Example:
+    >>> cfg = load_config(None, ["model.name=lwrefinenet18", "optim.lr=0.02"])
+    >>> cfg["optim"]["lr"]
+    0.02
+    >>> load_config(None, ["optim.lrr=0.1"])
+    Traceback (most recent call last):
+    ...
+    arseg.engine.config.ConfigError: unknown config key 'optim.lrr' (from the command line); valid keys in 'optim': encoder_lr_mult, lr, momentum, nesterov, poly_power, weight_decay
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "DEFAULTS",
+    "ConfigError",
+    "dump_config",
+    "load_config",
+    "merge_config",
+    "parse_overrides",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+#: Every key a config may set, with its default. ``None`` means "any type / unset".
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",  # used for the default run directory runs/<name>
+    "run_dir": None,  # default: runs/<name>
+    "seed": 42,
+    "init_from": None,  # checkpoint whose weights start the run (fine-tuning); fresh optimiser
+    "model": {
+        "name": "lwrefinenet50",
+        "num_classes": None,  # default: the dataset's
+        "pretrained": False,
+        "freeze_bn": False,  # keep BatchNorm statistics fixed (LW-RefineNet recipe)
+        "options": {},  # extra keyword arguments of build_model, e.g. decoder_channels
+    },
+    "data": {
+        "name": "synthetic",
+        "root": None,
+        "train_split": "train",
+        "val_split": "val",
+        "options": {},  # keyword arguments of build_dataset for every split
+        "train_options": {},  # ... only for the training split
+        "val_options": {},  # ... only for the validation split
+        "crop_size": [64, 64],
+        "scale_range": [0.5, 2.0],
+        "hflip": True,
+        "eval_resize": None,  # None: evaluate at the full image size
+        "batch_size": 8,
+        "val_batch_size": 4,
+        "num_workers": 2,
+    },
+    "loss": {
+        "lambda_ar": 0.0,  # 0: CE only (the AR value is still logged, computed without grad)
+        "scales": [12, 6],
+        "method": "auto",
+        "class_weight": None,  # list of C floats
+        "ignore_index": 255,
+        "aux": True,  # add the model's auxiliary losses with model.aux_weights
+    },
+    "optim": {
+        "lr": 0.01,  # decoder/head learning rate
+        "encoder_lr_mult": 1.0,  # encoder LR = lr * encoder_lr_mult (0.1 in the LW-RefineNet recipe)
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 1e-4,
+        "poly_power": 0.9,  # LR factor (1 - step / total_steps) ** poly_power, per step
+    },
+    "trainer": {
+        "max_epochs": 200,
+        "max_steps": -1,
+        "accelerator": "auto",
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "precision": "32-true",
+        "deterministic": "warn",
+        "check_val_every_n_epoch": 1,
+        "log_every_n_steps": 1,
+        "checkpoint_every_n_steps": None,  # also save last.ckpt every N steps (mid-epoch resume)
+        "limit_train_batches": None,
+        "limit_val_batches": None,
+        "gradient_clip_val": None,
+        "num_sanity_val_steps": 0,
+        "enable_progress_bar": True,
+    },
+    "eval": {
+        "scales": [1.0],  # e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] for PSPNet
+        "flip": False,
+        "mode": "whole",  # or "slide"
+        "window": None,  # [h, w] of the sliding window
+        "stride": None,  # [h, w] of the sliding-window step (default: 2/3 of the window)
+    },
+}
+
+# Sections whose contents are free-form keyword arguments.
+_OPEN_SECTIONS = {
+    ("model", "options"),
+    ("data", "options"),
+    ("data", "train_options"),
+    ("data", "val_options"),
+}
+
+
+def _where(source: str | None) -> str:
+    return f" (from {source})" if source else ""
+
+
+def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
+    if default is None or value is None:
+        return value
+    ok: bool
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok:
+            value = float(value)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+        if ok:
+            value = list(value)
+    elif isinstance(default, dict):
+        ok = isinstance(value, Mapping)
+    else:  # pragma: no cover - DEFAULTS only holds the types above
+        ok = True
+    if not ok:
+        raise ConfigError(
+            f"config key '{path}'{_where(source)} expects a {type(default).__name__} "
+            f"(default {default!r}), got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def merge_config(
+    base: dict[str, Any],
+    update: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    schema: Mapping[str, Any] = DEFAULTS,
+    _prefix: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """Recursively merge ``update`` into a copy of ``base``, checking keys and types against ``schema``."""
+    if not isinstance(update, Mapping):
+        where = ".".join(_prefix) or "the top level"
+        raise ConfigError(f"config{_where(source)}: {where} must be a mapping, got {update!r}")
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        path = (*_prefix, str(key))
+        dotted = ".".join(path)
+        if key not in schema:
+            valid = ", ".join(sorted(schema))
+            section = ".".join(_prefix) or "the top level"
+            raise ConfigError(
+                f"unknown config key '{dotted}'{_where(source)}; valid keys in '{section}': {valid}"
+                if _prefix
+                else f"unknown config key '{dotted}'{_where(source)}; valid top-level keys: {valid}"
+            )
+        default = schema[key]
+        if path in _OPEN_SECTIONS:
+            if not isinstance(value, Mapping):
+                raise ConfigError(
+                    f"config key '{dotted}'{_where(source)} expects a mapping of keyword "
+                    f"arguments, got {value!r}"
+                )
+            merged = dict(out.get(key) or {})
+            merged.update(copy.deepcopy(dict(value)))
+            out[key] = merged
+        elif isinstance(default, dict):
+            out[key] = merge_config(
+                out.get(key, {}), value, source=source, schema=default, _prefix=path
+            )
+        else:
+            out[key] = _check_type(dotted, default, copy.deepcopy(value), source)
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[dict[str, Any], str]]:
+    """The layers of a config file, bases first: [(mapping, source name), ...]."""
+    path = path.resolve()
+    if path in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, path))
+        raise ConfigError(f"circular _base_ inheritance: {cycle}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(data).__name__}")
+    bases = data.pop("_base_", None)
+    layers: list[tuple[dict[str, Any], str]] = []
+    if bases is not None:
+        if isinstance(bases, str):
+            bases = [bases]
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise ConfigError(f"config file {path}: _base_ must be a path or a list of paths")
+        for base in bases:
+            layers.extend(_read_yaml(path.parent / base, (*chain, path)))
+    layers.append((data, str(path)))
+    return layers
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["optim.lr=0.1", "model.options.decoder_channels=32"]`` into a nested dict.
+
+    Values are parsed as YAML (``0.1`` -> float, ``[12, 6]`` -> list, ``null`` -> None,
+    ``true`` -> bool); anything else stays a string.
+    """
+    nested: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.subkey=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r} has an empty key")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override of '{part}'")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Check the values that must be consistent with each other; returns ``cfg``."""
+
+    def pair(path: str, value: Any) -> None:
+        if value is None:
+            return
+        if (
+            not isinstance(value, (list, tuple))
+            or len(value) != 2
+            or not all(isinstance(v, int) and v > 0 for v in value)
+        ):
+            raise ConfigError(
+                f"config key '{path}' expects [height, width] positive ints, got {value!r}"
+            )
+
+    pair("data.crop_size", cfg["data"]["crop_size"])
+    pair("data.eval_resize", cfg["data"]["eval_resize"])
+    pair("eval.window", cfg["eval"]["window"])
+    pair("eval.stride", cfg["eval"]["stride"])
+    sr = cfg["data"]["scale_range"]
+    if len(sr) != 2 or not (0 < sr[0] <= sr[1]):
+        raise ConfigError(
+            f"config key 'data.scale_range' expects [low, high] with 0 < low <= high, got {sr!r}"
+        )
+    if cfg["loss"]["lambda_ar"] < 0:
+        raise ConfigError(
+            f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"
+        )
+    if cfg["optim"]["lr"] <= 0:
+        raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg['optim']['lr']}")
+    if cfg["eval"]["mode"] not in ("whole", "slide"):
+        raise ConfigError(
+            f"config key 'eval.mode' must be 'whole' or 'slide', got {cfg['eval']['mode']!r}"
+        )
+    if cfg["eval"]["mode"] == "slide" and cfg["eval"]["window"] is None:
+        raise ConfigError("config key 'eval.window' must be set when eval.mode is 'slide'")
+    if not cfg["eval"]["scales"] or any(
+        not isinstance(s, (int, float)) or s <= 0 for s in cfg["eval"]["scales"]
+    ):
+        raise ConfigError(
+            f"config key 'eval.scales' expects positive numbers, got {cfg['eval']['scales']!r}"
+        )
+    for key in ("batch_size", "val_batch_size"):
+        if cfg["data"][key] < 1:
+            raise ConfigError(f"config key 'data.{key}' must be >= 1, got {cfg['data'][key]}")
+    if cfg["data"]["num_workers"] < 0:
+        raise ConfigError(
+            f"config key 'data.num_workers' must be >= 0, got {cfg['data']['num_workers']}"
+        )
+    return cfg
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> dict[str, Any]:
+    """Load a config: defaults <- ``_base_`` files <- ``path`` <- overrides.
+
+    Args:
+        path: a YAML file, or ``None`` for the defaults alone.
+        overrides: dotted ``key=value`` strings (command line) or a nested mapping.
+
+    Returns:
+        The resolved config, a plain nested dict (YAML-serialisable).
+
+    Raises:
+        ConfigError: a missing file, invalid YAML, an unknown key or a value of the wrong type.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    if path is not None:
+        for layer, source in _read_yaml(Path(path)):
+            cfg = merge_config(cfg, layer, source=source)
+    if isinstance(overrides, Mapping):
+        cfg = merge_config(cfg, overrides, source="overrides")
+    else:
+        cfg = merge_config(cfg, parse_overrides(overrides), source="the command line")
+    return validate_config(cfg)
+
+
+def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
+    """Write a resolved config as YAML (``load_config(path)`` reads it back unchanged)."""
+    Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))

@@ -1,0 +1,288 @@
+"""Data for the engine: datasets from :mod:`arseg.data` built from a config, with exact resume.
+
+Training randomness (shuffling, random scale/crop/flip) is a pure function of
+``(seed, epoch, position)``: :class:`ResumableSampler` draws each epoch's permutation from
+``seed + epoch`` and hands every sample its own seed, and :class:`SeededDataset` runs the
+transform under that seed. So the data do not depend on the number of workers, and a run resumed
+from a mid-epoch checkpoint (:class:`ResumableDataLoader` is *stateful* for Lightning) sees
+exactly the batches that the uninterrupted run would have seen.
+
+Each process of a distributed run takes every ``world_size``-th sample (no padding, no
+duplicates), so validation metrics over all processes equal those of a single process.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+__all__ = [
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "SeedDataModule",
+    "SeededDataset",
+    "build_eval_dataset",
+    "build_train_dataset",
+]
+
+_SEED_MOD = 2**31 - 1
+
+
+class SeededDataset(Dataset):
+    """Wrap a dataset so that ``ds[(index, seed)]`` is computed under ``seed``.
+
+    The global torch/numpy/random states of the calling process are restored afterwards.
+    Plain integer indices pass through unchanged.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]) -> Any:
+        if isinstance(key, tuple):
+            index, seed = key
+            py_state, np_state = random.getstate(), np.random.get_state()  # noqa: NPY002
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2**32)  # noqa: NPY002 (legacy global RNG of user code)
+                try:
+                    return self.dataset[index]
+                finally:
+                    random.setstate(py_state)
+                    np.random.set_state(np_state)  # noqa: NPY002
+        return self.dataset[key]
+
+    def __getattr__(self, name: str) -> Any:  # metadata (classes, palette, ...) of the wrapped set
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+
+class ResumableSampler(Sampler):
+    """Deterministic per-epoch sampling, sharded over processes, resumable mid-epoch.
+
+    Args:
+        num_samples: length of the dataset.
+        seed: base seed; epoch ``e`` uses permutation seed ``seed + e``.
+        shuffle: permute (training) or keep the order (evaluation).
+        rank, world_size: this process takes positions ``rank, rank + world_size, ...``.
+        yield_seeds: yield ``(index, per-sample seed)`` for :class:`SeededDataset`.
+        drop_last_to: if set, truncate each shard to a multiple of this (the batch size), and
+            make all shards the same length (training under DDP needs equal batch counts).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        yield_seeds: bool = True,
+        drop_last_to: int | None = None,
+    ) -> None:
+        if num_samples <= 0:
+            raise ValueError(
+                f"ResumableSampler needs a non-empty dataset, got {num_samples} samples"
+            )
+        self.num_samples = num_samples
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.yield_seeds = yield_seeds
+        self.drop_last_to = drop_last_to
+        self.epoch = 0
+        self._skip = 0  # samples to skip in the next iteration only (resume)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip_next(self, num_samples: int) -> None:
+        self._skip = num_samples
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed + self.epoch) % _SEED_MOD)
+            order = torch.randperm(self.num_samples, generator=g).tolist()
+        else:
+            order = list(range(self.num_samples))
+        if self.drop_last_to is not None:
+            per_rank = self.num_samples // self.world_size
+            per_rank -= per_rank % self.drop_last_to
+            return order[self.rank :: self.world_size][:per_rank]
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        if self.drop_last_to is not None:
+            per_rank = self.num_samples // self.world_size
+            return per_rank - per_rank % self.drop_last_to
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        indices = self._indices()
+        for pos in range(skip, len(indices)):
+            index = indices[pos]
+            if self.yield_seeds:
+                # One seed per (seed, epoch, index): independent of rank, position and workers.
+                sample_seed = (self.seed * 1_000_003 + self.epoch * 10_007 + index) % _SEED_MOD
+                yield index, sample_seed
+            else:
+                yield index
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (``state_dict``) for exact mid-epoch resume.
+
+    ``progress`` returns how many batches of the current epoch are done (the engine passes the
+    trainer's counter); the state is ``{"epoch", "batches_done"}`` and loading it makes the next
+    iteration start after those batches.
+    """
+
+    def __init__(
+        self, *args: Any, progress: Callable[[], tuple[int, int]] | None = None, **kwargs: Any
+    ):
+        super().__init__(*args, **kwargs)
+        self.progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        epoch, done = self.progress() if self.progress is not None else (0, 0)
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        if isinstance(sampler, ResumableSampler):
+            sampler.set_epoch(int(state["epoch"]))
+            sampler.skip_next(int(state["batches_done"]) * int(self.batch_size or 1))
+
+
+def _dataset_kwargs(cfg: dict[str, Any], split_key: str) -> dict[str, Any]:
+    data = cfg["data"]
+    kwargs = dict(data["options"])
+    kwargs.update(data["train_options"] if split_key == "train" else data["val_options"])
+    return kwargs
+
+
+def build_train_dataset(cfg: dict[str, Any]) -> Dataset:
+    """The training split of ``cfg['data']`` with the random training transform."""
+    from arseg.data import build_dataset
+    from arseg.data.transforms import build_train_transform
+
+    data = cfg["data"]
+    transform = build_train_transform(
+        tuple(data["crop_size"]), scale_range=tuple(data["scale_range"]), hflip=data["hflip"]
+    )
+    return build_dataset(
+        data["name"],
+        root=data["root"],
+        split=data["train_split"],
+        transform=transform,
+        **_dataset_kwargs(cfg, "train"),
+    )
+
+
+def build_eval_dataset(cfg: dict[str, Any], split: str | None = None) -> Dataset:
+    """The evaluation split (default ``cfg['data']['val_split']``) with the evaluation transform.
+
+    Args:
+        cfg: a resolved config (e.g. the one :func:`arseg.engine.load_model` returns).
+        split: the split name; ``None`` for the config's validation split.
+    """
+    from arseg.data import build_dataset
+    from arseg.data.transforms import build_eval_transform
+
+    data = cfg["data"]
+    resize = tuple(data["eval_resize"]) if data["eval_resize"] else None
+    return build_dataset(
+        data["name"],
+        root=data["root"],
+        split=split or data["val_split"],
+        transform=build_eval_transform(resize),
+        **_dataset_kwargs(cfg, "val"),
+    )
+
+
+def _dist_info(trainer: L.Trainer | None) -> tuple[int, int]:
+    if trainer is None:
+        return 0, 1
+    return trainer.global_rank, trainer.world_size
+
+
+class SeedDataModule(L.LightningDataModule):
+    """Training and validation loaders for a config (see the module docstring)."""
+
+    def __init__(self, cfg: dict[str, Any]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.train_set is None:
+            self.train_set = build_train_dataset(self.cfg)
+        if stage in (None, "fit", "validate", "test") and self.val_set is None:
+            self.val_set = build_eval_dataset(self.cfg)
+
+    def _progress(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 0
+        loop = trainer.fit_loop
+        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.ready
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None
+        data = self.cfg["data"]
+        rank, world = _dist_info(self.trainer)
+        sampler = ResumableSampler(
+            len(self.train_set),
+            seed=int(self.cfg["seed"]),
+            shuffle=True,
+            rank=rank,
+            world_size=world,
+            yield_seeds=True,
+            drop_last_to=data["batch_size"],
+        )
+        if len(sampler) == 0:
+            raise ValueError(
+                f"the training split has {len(self.train_set)} samples, fewer than one batch of "
+                f"{data['batch_size']} per process ({world} processes): lower data.batch_size"
+            )
+        return ResumableDataLoader(
+            SeededDataset(self.train_set),
+            batch_size=data["batch_size"],
+            sampler=sampler,
+            num_workers=data["num_workers"],
+            drop_last=True,
+            pin_memory=False,
+            persistent_workers=data["num_workers"] > 0,
+            generator=torch.Generator().manual_seed(0),
+            progress=self._progress,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_set is not None
+        rank, world = _dist_info(self.trainer)
+        sampler = ResumableSampler(
+            len(self.val_set), shuffle=False, rank=rank, world_size=world, yield_seeds=False
+        )
+        return DataLoader(
+            self.val_set,
+            batch_size=self.cfg["data"]["val_batch_size"],
+            sampler=sampler,
+            num_workers=self.cfg["data"]["num_workers"],
+            generator=torch.Generator().manual_seed(0),
+            persistent_workers=self.cfg["data"]["num_workers"] > 0,
+        )

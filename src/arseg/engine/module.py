@@ -1,0 +1,267 @@
+"""The LightningModule: any model of the zoo trained with CE (+ lambda * AR) and its aux losses.
+
+Loss per step::
+
+    total = CE(main) + lambda_ar * AR(main) + sum_k aux_weight_k * CE(aux_k)
+
+CE uses the class weights and ignore index of the config, on logits resized bilinearly to the
+label size (as :class:`arseg.losses.CEARLoss`); AR samples the main logits directly. With
+``lambda_ar = 0`` the AR value is still computed (without grad) and logged as ``train/ar``.
+
+Optimiser: SGD with momentum, two parameter groups (``model.encoder`` at ``lr *
+encoder_lr_mult``, everything else at ``lr``) and the poly schedule ``lr * (1 - step / total)
+** power`` set before every step from ``global_step`` (so a resumed run follows the same curve).
+Randomness inside a step (dropout) is reseeded from ``(seed, global_step, rank)``.
+
+Validation: mIoU, pixel accuracy, per-class IoU (torchmetrics confusion matrix, synced over
+processes, ignore index dropped) on logits upsampled to the label size, and the AR loss of the
+native-resolution logits averaged over images (``val/ar``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from .inference import predict_logits
+from .metrics import SegmentationMetrics, confusion_matrix
+
+__all__ = ["SegmentationModule"]
+
+
+def _main_and_aux(out: Any) -> tuple[Tensor, dict[str, Tensor]]:
+    if isinstance(out, Tensor):
+        return out, {}
+    return out.logits, dict(out.aux)
+
+
+class SegmentationModule(L.LightningModule):
+    """Train / validate / test a segmentation model from a resolved config.
+
+    Args:
+        cfg: resolved config (``cfg['model']['num_classes']`` set).
+        class_names: names of the classes (for ``val/iou/<name>``); default ``class_0``...
+    """
+
+    def __init__(
+        self, cfg: dict[str, Any], class_names: tuple[str, ...] | list[str] | None = None
+    ) -> None:
+        super().__init__()
+        from arseg.losses import CEARLoss
+        from arseg.models import build_model
+
+        self.cfg = cfg
+        mcfg, lcfg = cfg["model"], cfg["loss"]
+        num_classes = int(mcfg["num_classes"])
+        self.num_classes = num_classes
+        self.class_names = (
+            tuple(class_names)
+            if class_names is not None
+            else tuple(f"class_{i}" for i in range(num_classes))
+        )
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
+        self.model = build_model(
+            mcfg["name"], num_classes=num_classes, pretrained=mcfg["pretrained"], **mcfg["options"]
+        )
+        if lcfg["class_weight"] is not None and len(lcfg["class_weight"]) != num_classes:
+            raise ValueError(
+                f"loss.class_weight has {len(lcfg['class_weight'])} entries, the model {num_classes} classes"
+            )
+        self.criterion = CEARLoss(
+            lambda_ar=lcfg["lambda_ar"],
+            class_weight=lcfg["class_weight"],
+            ignore_index=lcfg["ignore_index"],
+            scales=tuple(lcfg["scales"]) if lcfg["scales"] is not None else None,
+            method=lcfg["method"],
+        )
+        self.ignore_index = int(lcfg["ignore_index"])
+        self.val_metrics = SegmentationMetrics(num_classes, ignore_index=self.ignore_index)
+        self.val_ar = MeanMetric()
+        self.test_confusions: list[np.ndarray] = []
+        self.test_names: list[int] = []
+
+    # ------------------------------------------------------------------ helpers
+    def forward(self, x: Tensor) -> Any:
+        return self.model(x)
+
+    def train(self, mode: bool = True) -> SegmentationModule:
+        super().train(mode)
+        if mode and self.cfg["model"]["freeze_bn"]:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
+
+    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(
+                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
+        weight = self.criterion.class_weight
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
+            return logits.sum() * 0.0
+        return F.cross_entropy(
+            logits.float(), target, weight=weight, ignore_index=self.ignore_index
+        )
+
+    def _ar(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+        from arseg.losses import ar_loss
+
+        return ar_loss(
+            logits,
+            target,
+            scales=self.criterion.scales,
+            ignore_index=self.ignore_index,
+            reduction=reduction,
+            method=self.criterion.method,
+        )
+
+    def _poly_factor(self) -> float:
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return max(0.0, 1.0 - self.global_step / total) ** self.cfg["optim"]["poly_power"]
+
+    # ------------------------------------------------------------------ training
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Dropout & co. depend only on (seed, step, rank): exact after a resume, whatever ran before.
+        seed = (int(self.cfg["seed"]) * 1_000_003 + self.global_step * 97 + self.global_rank) % (
+            2**31 - 1
+        )
+        torch.manual_seed(seed)
+        factor = self._poly_factor()
+        for group in self.optimizers().optimizer.param_groups:  # type: ignore[union-attr]
+            group["lr"] = group["initial_lr"] * factor
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        images, target = batch
+        logits, aux = _main_and_aux(self.model(images))
+        if self.criterion.lambda_ar > 0:
+            total, ce, ar = self.criterion(logits, target)
+        else:
+            ce = self._ce(logits, target)
+            with torch.no_grad():
+                ar = self._ar(logits.detach(), target)
+            total = ce
+        if self.cfg["loss"]["aux"]:
+            weights = getattr(self.model, "aux_weights", {})
+            for name, aux_logits in aux.items():
+                aux_ce = self._ce(aux_logits, target)
+                total = total + float(weights.get(name, 0.0)) * aux_ce
+                self.log(f"train/aux/{name}", aux_ce.detach(), on_step=True, on_epoch=False)
+        bs = images.shape[0]
+        self.log(
+            "train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs
+        )
+        self.log("train/ce", ce.detach(), on_step=True, on_epoch=False, batch_size=bs)
+        self.log(
+            "train/ar", ar.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs
+        )
+        lr = self.optimizers().optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
+        self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
+        return total
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        ocfg = self.cfg["optim"]
+        encoder = getattr(self.model, "encoder", None)
+        enc_ids = {id(p) for p in encoder.parameters()} if encoder is not None else set()
+        enc = [p for p in self.model.parameters() if p.requires_grad and id(p) in enc_ids]
+        dec = [p for p in self.model.parameters() if p.requires_grad and id(p) not in enc_ids]
+        groups = [{"params": dec, "lr": ocfg["lr"], "initial_lr": ocfg["lr"], "name": "decoder"}]
+        if enc:
+            lr_enc = ocfg["lr"] * ocfg["encoder_lr_mult"]
+            groups.append({"params": enc, "lr": lr_enc, "initial_lr": lr_enc, "name": "encoder"})
+        return torch.optim.SGD(
+            groups,
+            lr=ocfg["lr"],
+            momentum=ocfg["momentum"],
+            weight_decay=ocfg["weight_decay"],
+            nesterov=ocfg["nesterov"],
+        )
+
+    # ------------------------------------------------------------------ validation
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        images, target = batch
+        logits, _ = _main_and_aux(self.model(images))
+        self._update_ar(logits, target)
+        up = F.interpolate(
+            logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False
+        )
+        self.val_metrics.update(up.argmax(1), target)
+
+    def _update_ar(self, logits: Tensor, target: Tensor) -> None:
+        per_image = self._ar(logits, target, reduction="none")
+        has_label = (target != self.ignore_index).flatten(1).any(1)
+        if bool(has_label.any()):
+            self.val_ar.update(per_image[has_label])
+
+    def _log_scores(self, prefix: str) -> dict[str, float]:
+        scores = self.val_metrics.compute()
+        ar = self.val_ar.compute() if self.val_ar.update_count > 0 else torch.tensor(float("nan"))
+        values = {
+            f"{prefix}/miou": float(scores["miou"]),
+            f"{prefix}/pixel_acc": float(scores["pixel_acc"]),
+            f"{prefix}/ar": float(ar),
+        }
+        for name, iou in zip(self.class_names, scores["iou"].tolist()):
+            values[f"{prefix}/iou/{name}"] = iou
+        for key, value in values.items():
+            self.log(
+                key, value, prog_bar=key == f"{prefix}/miou", sync_dist=False, rank_zero_only=False
+            )
+        self.val_metrics.reset()
+        self.val_ar.reset()
+        return values
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_scores("val")
+
+    # ------------------------------------------------------------------ test (arseg eval)
+    def on_test_epoch_start(self) -> None:
+        self.test_confusions = []
+        self.test_results: dict[str, float] = {}
+
+    def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
+        images, target = batch[0], batch[1]
+        ecfg = self.cfg["eval"]
+        native = self.model(images)
+        native, _ = _main_and_aux(native)
+        self._update_ar(native, target)
+        plain = list(ecfg["scales"]) == [1.0] and not ecfg["flip"] and ecfg["mode"] == "whole"
+        if plain:
+            logits = F.interpolate(
+                native.float(), size=target.shape[-2:], mode="bilinear", align_corners=False
+            )
+        else:
+            logits = predict_logits(
+                self.model,
+                images,
+                scales=ecfg["scales"],
+                flip=ecfg["flip"],
+                mode=ecfg["mode"],
+                window=ecfg["window"],
+                stride=ecfg["stride"],
+            )
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = F.interpolate(
+                    logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
+        pred = logits.argmax(1)
+        self.val_metrics.update(pred, target)
+        self.test_confusions.append(
+            confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu().numpy()
+        )
+
+    def on_test_epoch_end(self) -> None:
+        self.test_results = self._log_scores("test")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["arseg_config"] = self.cfg
+        checkpoint["arseg_classes"] = list(self.class_names)

@@ -1,0 +1,375 @@
+"""Run a config: ``fit`` (train / fine-tune / resume) and ``evaluate`` (metrics.json + confusions).
+
+Run directory (read by :mod:`arseg.analysis`)::
+
+    RUN/config.yaml                   resolved config
+    RUN/metrics.csv                   CSVLogger: train/loss, train/ce, train/ar, lr per step;
+                                      val/miou, val/pixel_acc, val/ar, val/iou/<class> per epoch
+    RUN/tensorboard/                  TensorBoard events (when tensorboard is installed)
+    RUN/checkpoints/best.ckpt         best val/miou
+    RUN/checkpoints/last.ckpt         latest (end of epoch, and every N steps if configured)
+    RUN/summary.json                  {"best_miou", "final", "steps", "wall_time_s"}
+    RUN/eval/metrics.json             written by evaluate()
+    RUN/eval/per_image_confusion.npy  (n_images, C, C) int64, rows = truth, cols = prediction
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import math
+import os
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from .checkpoint import (
+    AtomicCheckpointIO,
+    check_compatible,
+    find_checkpoint,
+    load_checkpoint,
+    load_weights,
+    model_state_dict,
+)
+from .config import ConfigError, dump_config
+from .datamodule import SeedDataModule, build_eval_dataset
+from .module import SegmentationModule
+
+__all__ = ["RunDirError", "evaluate", "fit", "resolve_run_dir"]
+
+# Messages from Lightning that say nothing useful to arseg users.
+for _pattern in (
+    r".*does not have many workers.*",
+    r".*You're resuming from a checkpoint that ended before the epoch ended.*",
+    r".*`training_step` returned `None`.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+    r".*The number of training batches .* is smaller than the logging interval.*",
+    r".*It is recommended to use `self.log\(.*sync_dist=True.*",
+    r".*torch.use_deterministic_algorithms.*",
+    r".*LeafSpec.*",
+):
+    warnings.filterwarnings("ignore", message=_pattern)
+
+
+class RunDirError(OSError):
+    """The run directory cannot be used (exists, not writable, disk full)."""
+
+
+def resolve_run_dir(cfg: dict[str, Any]) -> Path:
+    return Path(cfg["run_dir"] or Path("runs") / cfg["name"])
+
+
+def _check_writable(run_dir: Path, need_bytes: int) -> None:
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_test"
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as err:
+        raise RunDirError(
+            f"run directory {run_dir} is not writable: {err.strerror or err}"
+        ) from err
+    free = shutil.disk_usage(run_dir).free
+    if free < need_bytes:
+        raise RunDirError(
+            f"not enough free space in {run_dir}: {free / 2**20:.1f} MiB free, "
+            f"about {need_bytes / 2**20:.1f} MiB needed for checkpoints and logs"
+        )
+
+
+def _prepare_run_dir(
+    run_dir: Path, *, resume: bool, overwrite: bool, need_bytes: int
+) -> Path | None:
+    """Check the run directory before training; returns the checkpoint to resume from."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume:
+        if not last.is_file():
+            raise RunDirError(f"--resume: no checkpoint to resume from at {last}")
+        _check_writable(run_dir, need_bytes)
+        return last
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise RunDirError(
+                f"run directory {run_dir} already exists and is not empty: pass --resume to continue "
+                "it, --overwrite to replace it, or choose another --run-dir"
+            )
+        if rank_zero_only.rank == 0:
+            for name in (
+                "checkpoints",
+                "eval",
+                "tensorboard",
+                "metrics.csv",
+                "summary.json",
+                "config.yaml",
+                "hparams.yaml",
+                "predictions",
+            ):
+                target = run_dir / name
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    _check_writable(run_dir, need_bytes)
+    return None
+
+
+def _loggers(run_dir: Path) -> list[Any]:
+    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    if (
+        importlib.util.find_spec("tensorboard") is not None
+        or importlib.util.find_spec("tensorboardX") is not None
+    ):
+        loggers.append(
+            TensorBoardLogger(
+                save_dir=str(run_dir), name="tensorboard", version="", default_hp_metric=False
+            )
+        )
+    return loggers
+
+
+def _trainer_kwargs(tcfg: dict[str, Any]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "max_epochs": tcfg["max_epochs"],
+        "max_steps": tcfg["max_steps"],
+        "accelerator": tcfg["accelerator"],
+        "devices": tcfg["devices"],
+        "num_nodes": tcfg["num_nodes"],
+        "strategy": tcfg["strategy"],
+        "precision": tcfg["precision"],
+        "deterministic": tcfg["deterministic"],
+        "check_val_every_n_epoch": tcfg["check_val_every_n_epoch"],
+        "log_every_n_steps": tcfg["log_every_n_steps"],
+        "num_sanity_val_steps": tcfg["num_sanity_val_steps"],
+        "enable_progress_bar": tcfg["enable_progress_bar"],
+        "gradient_clip_val": tcfg["gradient_clip_val"],
+    }
+    for key in ("limit_train_batches", "limit_val_batches"):
+        if tcfg[key] is not None:
+            kwargs[key] = tcfg[key]
+    return kwargs
+
+
+def _num_processes(tcfg: dict[str, Any]) -> int:
+    devices = tcfg["devices"]
+    n = devices if isinstance(devices, int) and devices > 0 else 1
+    if isinstance(devices, (list, tuple)):
+        n = len(devices)
+    return n * int(tcfg["num_nodes"])
+
+
+def _resolve_classes(cfg: dict[str, Any], dataset: Any) -> None:
+    ds_classes = int(dataset.num_classes)
+    if cfg["model"]["num_classes"] is None:
+        cfg["model"]["num_classes"] = ds_classes
+    elif cfg["model"]["num_classes"] != ds_classes:
+        raise ConfigError(
+            f"model.num_classes={cfg['model']['num_classes']} but dataset '{cfg['data']['name']}' "
+            f"has {ds_classes} classes"
+        )
+
+
+def fit(
+    cfg: dict[str, Any],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: list[Any] | None = None,
+) -> dict[str, Any]:
+    """Train (or fine-tune, with ``cfg['init_from']``, or resume) the run of ``cfg``.
+
+    Returns the summary written to ``RUN/summary.json``.
+    """
+    cfg = copy.deepcopy(cfg)
+    run_dir = resolve_run_dir(cfg)
+    cfg["run_dir"] = str(run_dir)
+    start = time.time()
+    L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+
+    datamodule = SeedDataModule(cfg)
+    datamodule.setup("fit")
+    _resolve_classes(cfg, datamodule.train_set)
+    module = SegmentationModule(cfg, class_names=tuple(datamodule.train_set.classes))
+    n_params = sum(p.numel() for p in module.parameters())
+    # best + last (+ a temporary copy while writing), each weights + momentum, plus logs
+    need = 3 * 2 * 4 * n_params + 16 * 2**20
+    ckpt_path = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, need_bytes=need)
+
+    if cfg["init_from"] and ckpt_path is None:
+        init = find_checkpoint(cfg["init_from"])
+        ckpt = load_checkpoint(init)
+        check_compatible(cfg, ckpt, cfg["model"]["num_classes"], init)
+        load_weights(module.model, model_state_dict(ckpt), init)
+    if rank_zero_only.rank == 0:
+        dump_config(cfg, run_dir / "config.yaml")
+
+    tcfg = cfg["trainer"]
+    ckpt_dir = run_dir / "checkpoints"
+    all_callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="best",
+            monitor="val/miou",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+        )
+    ]
+    if tcfg["checkpoint_every_n_steps"]:
+        all_callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename="last",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
+                enable_version_counter=False,
+            )
+        )
+    all_callbacks.extend(callbacks or [])
+    distributed = _num_processes(tcfg) > 1
+    trainer = L.Trainer(
+        default_root_dir=str(run_dir),
+        logger=_loggers(run_dir),
+        callbacks=all_callbacks,
+        plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False,
+        sync_batchnorm=distributed,
+        enable_model_summary=False,
+        **_trainer_kwargs(tcfg),
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+
+    best = all_callbacks[0].best_model_score
+    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+    summary = {
+        "best_miou": float(best) if best is not None else None,
+        "final": final,
+        "steps": int(trainer.global_step),
+        "wall_time_s": round(time.time() - start, 3),
+    }
+    if trainer.is_global_zero:
+        if resume and (run_dir / "summary.json").is_file():
+            previous = json.loads((run_dir / "summary.json").read_text())
+            summary["wall_time_s"] = round(
+                summary["wall_time_s"] + float(previous.get("wall_time_s", 0)), 3
+            )
+        (run_dir / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2))
+    return summary
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_nan_to_none(v) for v in obj]
+    return obj
+
+
+def evaluate(
+    ckpt_or_run_dir: str | Path,
+    *,
+    split: str | None = None,
+    out_dir: str | Path | None = None,
+    eval_overrides: dict[str, Any] | None = None,
+    data_overrides: dict[str, Any] | None = None,
+    accelerator: str = "auto",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint (or a run's best) on a split; writes metrics.json and confusions.
+
+    Args:
+        ckpt_or_run_dir: a run directory or a ``.ckpt`` file.
+        split: dataset split (default: the config's ``data.val_split``).
+        out_dir: where to write; default ``RUN/eval`` (RUN = the run directory, or the run that
+            holds the checkpoint).
+        eval_overrides: replaces keys of the config's ``eval`` section (scales, flip, mode, ...).
+        data_overrides: replaces keys of the config's ``data`` section (root, eval_resize, ...).
+
+    Returns:
+        The metrics dict written to ``metrics.json``.
+    """
+    path = find_checkpoint(ckpt_or_run_dir)
+    ckpt = load_checkpoint(path)
+    cfg = ckpt.get("arseg_config")
+    if cfg is None:
+        raise ValueError(f"{path} has no arseg config: it was not written by arseg")
+    cfg = copy.deepcopy(cfg)
+    cfg["eval"].update(eval_overrides or {})
+    cfg["data"].update(data_overrides or {})
+    if out_dir is None:
+        base = Path(ckpt_or_run_dir)
+        if not base.is_dir():
+            base = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        out_dir = base / "eval"
+    out_dir = Path(out_dir)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(
+            f"cannot create the evaluation directory {out_dir}: {err.strerror or err}"
+        ) from err
+
+    dataset = build_eval_dataset(cfg, split=split)
+    if int(dataset.num_classes) != int(cfg["model"]["num_classes"]):
+        raise ValueError(
+            f"{path} predicts {cfg['model']['num_classes']} classes but the {split or 'val'} split of "
+            f"'{cfg['data']['name']}' has {dataset.num_classes}"
+        )
+    module = SegmentationModule(cfg, class_names=tuple(dataset.classes))
+    load_weights(module.model, model_state_dict(ckpt), path)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg["data"]["val_batch_size"],
+        shuffle=False,
+        num_workers=cfg["data"]["num_workers"],
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        precision=cfg["trainer"]["precision"],
+    )
+    trainer.test(module, dataloaders=loader, verbose=False)
+    res = module.test_results
+    confusions = (
+        np.concatenate(module.test_confusions).astype(np.int64)
+        if module.test_confusions
+        else np.zeros((0, module.num_classes, module.num_classes), dtype=np.int64)
+    )
+    metrics = {
+        "miou": res["test/miou"],
+        "pixel_acc": res["test/pixel_acc"],
+        "val_ar": res["test/ar"],
+        "iou_per_class": {name: res[f"test/iou/{name}"] for name in module.class_names},
+        "classes": list(module.class_names),
+        "num_images": int(confusions.shape[0]),
+        "split": split or cfg["data"]["val_split"],
+        "checkpoint": str(path),
+        "eval": cfg["eval"],
+        "sample_names": [dataset.sample_name(i) for i in range(len(dataset))]
+        if hasattr(dataset, "sample_name")
+        else None,
+    }
+    np.save(out_dir / "per_image_confusion.npy", confusions)
+    (out_dir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2))
+    return metrics
