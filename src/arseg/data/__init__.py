@@ -8,7 +8,7 @@ Example:
     [torch.Size([3, 48, 48]), torch.Size([48, 48])]
 """
 
-from . import camvid, synthetic  # noqa: F401  (register the datasets)
+from . import camvid, cityscapes, nyuv2, synthetic  # noqa: F401  (register the datasets)
 from .base import DatasetError
 from .registry import build_dataset, list_datasets, register_dataset
 from .transforms import (

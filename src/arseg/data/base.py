@@ -111,6 +111,8 @@ class PairedImageDataset(Dataset):
         transform: ``(Image uint8, Mask uint8) -> (image, target)``; ``None`` = full image,
             normalised (:func:`build_eval_transform`).
         name: the dataset name used in error messages.
+        label_map_index: with several label maps, which one each sample uses (e.g. Cityscapes
+            ``labelIds`` vs ``labelTrainIds`` files); ``None`` = the single map for all.
     """
 
     classes: tuple[str, ...] = ()
@@ -120,9 +122,10 @@ class PairedImageDataset(Dataset):
     def __init__(
         self,
         pairs: Sequence[tuple[Path, Path]],
-        label_map: Mapping[int, int],
+        label_map: Mapping[int, int] | Sequence[Mapping[int, int]],
         transform: Callable | None,
         name: str,
+        label_map_index: Sequence[int] | None = None,
     ) -> None:
         if transform is not None and not callable(transform):
             raise TypeError(
@@ -135,7 +138,9 @@ class PairedImageDataset(Dataset):
         self.name = name
         self.pairs = list(pairs)
         self.transform = transform if transform is not None else build_eval_transform()
-        self._lut, self._valid = make_label_lut(label_map, 1 << 16)
+        maps = [label_map] if isinstance(label_map, Mapping) else list(label_map)
+        self._luts = [make_label_lut(m, 1 << 16) for m in maps]
+        self._lut_index = list(label_map_index) if label_map_index is not None else None
 
     @property
     def num_classes(self) -> int:
@@ -160,20 +165,21 @@ class PairedImageDataset(Dataset):
                 f"{self.name}: size mismatch, image {image_path} is {image.shape[0]}x{image.shape[1]} "
                 f"but label {label_path} is {raw.shape[0]}x{raw.shape[1]} (HxW)"
             )
+        lut, valid = self._luts[0 if self._lut_index is None else self._lut_index[index]]
         if raw.dtype != np.uint8 and raw.dtype != np.uint16:
-            if raw.min() < 0 or raw.max() >= len(self._lut):
+            if raw.min() < 0 or raw.max() >= len(lut):
                 raise DatasetError(
-                    f"{self.name}: label file {label_path} has values outside 0..{len(self._lut) - 1}"
+                    f"{self.name}: label file {label_path} has values outside 0..{len(lut) - 1}"
                 )
             raw = raw.astype(np.int64)
-        if not self._valid[raw].all():
-            bad = np.unique(raw[~self._valid[raw]])
-            allowed = np.flatnonzero(self._valid)
+        ok = valid[raw]
+        if not ok.all():
+            bad = np.unique(raw[~ok])
             raise DatasetError(
                 f"{self.name}: label file {label_path} has values {bad.tolist()[:10]} that are "
-                f"neither classes nor ignored (allowed raw values: {_ranges(allowed)})"
+                f"neither classes nor ignored (allowed raw values: {_ranges(np.flatnonzero(valid))})"
             )
-        return image, self._lut[raw]
+        return image, lut[raw]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, target = self.load(index)
