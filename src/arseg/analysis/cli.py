@@ -155,7 +155,7 @@ def _report(args: argparse.Namespace) -> int:
             seed=args.seed,
             scales=args.scales,
         )
-    except (RunError, ValueError) as err:
+    except RunError as err:
         return _fail(err)
     print(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
     return 0

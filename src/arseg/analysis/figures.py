@@ -172,8 +172,7 @@ def plot_affinity(
     fig, axes = plt.subplots(
         n, cols, figsize=(3.3 * cols + 0.8, 3.3 * n + 0.4), squeeze=False, layout="constrained"
     )
-    cmap = plt.get_cmap(AFFINITY_CMAP).copy()
-    cmap.set_bad("#9a9a9a")
+    cmap = plt.get_cmap(AFFINITY_CMAP).with_extremes(bad="#9a9a9a")
     im = None
     for r in range(n):
         ax = axes[r, 0]
@@ -406,11 +405,19 @@ def plot_class_deltas(
     fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.2), layout="constrained")
     y = np.arange(len(rows))
     sig = (lo > 0) | (hi < 0)
-    colors = np.where(sig, LINE_COLORS[1], LINE_COLORS[0])
+    colors = [LINE_COLORS[1] if s else LINE_COLORS[0] for s in sig]
     if overall is not None:
         colors[0] = "#000000"
-    ax.errorbar(d, y, xerr=[d - lo, hi - d], fmt="none", ecolor=colors, elinewidth=1.5, capsize=3)
-    ax.scatter(d, y, c=colors, zorder=3)
+    for k in range(len(rows)):
+        ax.errorbar(
+            d[k],
+            y[k],
+            xerr=[[d[k] - lo[k]], [hi[k] - d[k]]],
+            fmt="o",
+            color=colors[k],
+            elinewidth=1.5,
+            capsize=3,
+        )
     ax.axvline(0, color="0.4", lw=1, ls="--")
     ax.set_yticks(y, rows)
     ax.invert_yaxis()

@@ -1,0 +1,187 @@
+"""Statistics: OLS against scipy, IoU against torchmetrics, bootstrap reproducibility and sense."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats as sps
+from torchmetrics.classification import MulticlassJaccardIndex
+
+from arseg.analysis.stats import (
+    iou_from_confusion,
+    miou_from_confusion,
+    ols_trend,
+    paired_bootstrap,
+    paired_seed_test,
+    pixel_accuracy_from_confusion,
+    relative_change,
+    seed_summary,
+)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ols_matches_scipy_linregress(seed):
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(0, 5000, size=200))
+    y = 0.19 - 3e-6 * x + rng.normal(0, 0.01, size=x.size)
+    res = ols_trend(x, y)
+    ref = sps.linregress(x, y)
+    assert res.slope == pytest.approx(ref.slope, rel=1e-9)
+    assert res.intercept == pytest.approx(ref.intercept, rel=1e-9)
+    assert res.std_error[1] == pytest.approx(ref.stderr, rel=1e-9)
+    assert res.std_error[0] == pytest.approx(ref.intercept_stderr, rel=1e-9)
+    assert res.t_value[1] == pytest.approx(ref.slope / ref.stderr, rel=1e-9)
+    assert res.p_value[1] == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-300)
+    assert res.r_squared == pytest.approx(ref.rvalue**2, rel=1e-9)
+    # intercept t and p from its own standard error, t distribution with n - 2 dof
+    t0 = ref.intercept / ref.intercept_stderr
+    assert res.t_value[0] == pytest.approx(t0, rel=1e-9)
+    assert res.p_value[0] == pytest.approx(2 * sps.t.sf(abs(t0), x.size - 2), rel=1e-6, abs=1e-300)
+    assert res.n == 200
+
+
+def test_ols_table_and_dict():
+    res = ols_trend([0, 1, 2, 3, 4], [1.0, 0.8, 0.7, 0.4, 0.35])
+    table = res.table()
+    for word in ("Estimate", "Std. Error", "t value", "Pr(>|t|)", "(Intercept)", "iteration"):
+        assert word in table
+    d = res.as_dict()
+    assert d["slope"]["estimate"] == pytest.approx(res.slope)
+    assert res.slope < 0
+
+
+def test_ols_drops_nan_and_validates():
+    res = ols_trend([0, 1, 2, 3, np.nan], [1.0, 2.0, 2.9, 4.2, 5.0])
+    assert res.n == 4
+    with pytest.raises(ValueError, match="same length"):
+        ols_trend([0, 1, 2], [1, 2])
+    with pytest.raises(ValueError, match="at least 3"):
+        ols_trend([0, 1], [1, 2])
+    with pytest.raises(ValueError, match="distinct"):
+        ols_trend([1, 1, 1], [1, 2, 3])
+
+
+def test_relative_change():
+    assert relative_change(0.187, 0.165) == pytest.approx(-11.764705, rel=1e-5)
+    with pytest.raises(ValueError):
+        relative_change(0.0, 1.0)
+
+
+def test_iou_matches_torchmetrics_with_absent_classes():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (500,), generator=gen)  # classes 4, 5 never occur
+    preds = torch.where(
+        torch.rand(500, generator=gen) < 0.6, target, torch.randint(0, 5, (500,), generator=gen)
+    )
+    conf = np.zeros((6, 6), dtype=np.int64)
+    np.add.at(conf, (target.numpy(), preds.numpy()), 1)
+    per_class = MulticlassJaccardIndex(num_classes=6, average="none")(preds, target).numpy()
+    macro = float(MulticlassJaccardIndex(num_classes=6, average="macro")(preds, target))
+    iou = iou_from_confusion(conf)
+    assert np.isnan(iou[5])  # neither in target nor prediction
+    assert np.allclose(iou[:5], per_class[:5], atol=1e-6)
+    assert miou_from_confusion(conf) == pytest.approx(macro, abs=1e-6)
+    assert pixel_accuracy_from_confusion(conf) == pytest.approx(
+        float((preds == target).float().mean())
+    )
+
+
+def test_iou_batched_and_validation(make_confusions):
+    conf = make_confusions(np.random.default_rng(0), 5, 0.7)
+    batched = miou_from_confusion(conf)
+    assert batched.shape == (5,)
+    assert batched[2] == pytest.approx(miou_from_confusion(conf[2]))
+    with pytest.raises(ValueError, match="C, C"):
+        iou_from_confusion(np.zeros((3, 4)))
+
+
+def test_bootstrap_reproducible_by_seed(make_confusions):
+    rng = np.random.default_rng(1)
+    a, b = make_confusions(rng, 40, 0.6), make_confusions(rng, 40, 0.65)
+    r1 = paired_bootstrap(a, b, n_boot=500, seed=7)
+    r2 = paired_bootstrap(a, b, n_boot=500, seed=7)
+    r3 = paired_bootstrap(a, b, n_boot=500, seed=8)
+    assert (r1.ci_low, r1.ci_high, r1.p_value) == (r2.ci_low, r2.ci_high, r2.p_value)
+    assert r1.per_class == r2.per_class
+    assert (r1.ci_low, r1.ci_high) != (r3.ci_low, r3.ci_high)
+    assert r1.delta == r3.delta  # the point estimate does not depend on the seed
+
+
+def test_bootstrap_point_estimate_and_interval(make_confusions):
+    rng = np.random.default_rng(2)
+    a, b = make_confusions(rng, 60, 0.55), make_confusions(rng, 60, 0.8)
+    res = paired_bootstrap(a, b, n_boot=1000, seed=0)
+    assert res.miou_a == pytest.approx(miou_from_confusion(a.sum(0)))
+    assert res.miou_b == pytest.approx(miou_from_confusion(b.sum(0)))
+    assert res.delta == pytest.approx(res.miou_b - res.miou_a)
+    assert res.ci_low < res.delta < res.ci_high
+    assert res.ci_low > 0 and res.excludes_zero and res.p_value < 0.01
+    # per-class differences are the pooled per-class IoU differences
+    direct = iou_from_confusion(b.sum(0)) - iou_from_confusion(a.sum(0))
+    assert np.allclose([c.delta for c in res.per_class], direct)
+    assert all(c.ci_low <= c.delta <= c.ci_high for c in res.per_class)
+
+
+def test_bootstrap_no_difference_includes_zero(make_confusions):
+    rng = np.random.default_rng(3)
+    a = make_confusions(rng, 50, 0.7)
+    res_same = paired_bootstrap(a, a, n_boot=300)
+    assert res_same.delta == 0 and res_same.ci_low == 0 and res_same.ci_high == 0
+    b = make_confusions(rng, 50, 0.7)  # same quality, independent noise
+    res = paired_bootstrap(a, b, n_boot=1000, seed=0)
+    assert res.ci_low < 0 < res.ci_high and not res.excludes_zero
+
+
+def test_bootstrap_interval_matches_naive_resampling(make_confusions):
+    """The vectorised bootstrap's spread equals a plain index-resampling loop's (same statistic)."""
+    rng = np.random.default_rng(4)
+    a, b = make_confusions(rng, 25, 0.6), make_confusions(rng, 25, 0.68)
+    res = paired_bootstrap(a, b, n_boot=4000, seed=0)
+    gen = np.random.default_rng(123)
+    naive = []
+    for _ in range(4000):
+        idx = gen.integers(0, 25, 25)
+        naive.append(miou_from_confusion(b[idx].sum(0)) - miou_from_confusion(a[idx].sum(0)))
+    lo, hi = np.quantile(naive, [0.025, 0.975])
+    assert res.ci_low == pytest.approx(lo, abs=0.006)
+    assert res.ci_high == pytest.approx(hi, abs=0.006)
+
+
+def test_bootstrap_several_seeds_and_validation(make_confusions):
+    rng = np.random.default_rng(5)
+    a = np.stack([make_confusions(rng, 20, 0.6) for _ in range(3)])
+    b = np.stack([make_confusions(rng, 20, 0.7) for _ in range(3)])
+    res = paired_bootstrap(a, b, n_boot=200, class_names=["w", "x", "y", "z"])
+    expected = np.mean([miou_from_confusion(c.sum(0)) for c in b]) - np.mean(
+        [miou_from_confusion(c.sum(0)) for c in a]
+    )
+    assert res.delta == pytest.approx(expected)
+    assert [c.name for c in res.per_class] == ["w", "x", "y", "z"]
+    with pytest.raises(ValueError, match="same images"):
+        paired_bootstrap(a, b[:, :10], n_boot=200)
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_bootstrap(a, b, n_boot=10)
+    with pytest.raises(ValueError, match="level"):
+        paired_bootstrap(a, b, n_boot=200, level=95)
+    with pytest.raises(ValueError, match="names"):
+        paired_bootstrap(a, b, n_boot=200, class_names=["only one"])
+
+
+def test_seed_summary_and_paired_test():
+    s = seed_summary([0.40, 0.42, 0.44])
+    assert s.mean == pytest.approx(0.42) and s.std == pytest.approx(0.02) and s.n == 3
+    assert s.format() == "42.00 ± 2.00"
+    assert math.isnan(seed_summary([0.4]).std)
+    a, b = [0.40, 0.42, 0.41, 0.43], [0.42, 0.43, 0.44, 0.44]
+    t = paired_seed_test(a, b)
+    d = np.subtract(b, a)
+    expected_t = d.mean() / (d.std(ddof=1) / math.sqrt(d.size))
+    assert t.t_value == pytest.approx(expected_t)
+    assert t.p_value == pytest.approx(2 * sps.t.sf(abs(expected_t), d.size - 1))
+    assert t.df == 3
+    assert paired_seed_test([0.4], [0.5]) is None
+    with pytest.raises(ValueError, match="same number"):
+        paired_seed_test([0.4, 0.5], [0.5])
