@@ -7,7 +7,16 @@ import torch
 
 from arseg.models import SegmentationOutput, build_model, list_models
 
-EXPECTED = {"lwrefinenet18", "lwrefinenet34", "lwrefinenet50", "lwrefinenet101", "lwrefinenet152"}
+EXPECTED = {
+    "lwrefinenet18",
+    "lwrefinenet34",
+    "lwrefinenet50",
+    "lwrefinenet101",
+    "lwrefinenet152",
+    "pspnet50",
+    "pspnet101",
+    "icnet50",
+}
 
 
 def test_list_models_has_the_contract_names():
@@ -58,3 +67,37 @@ def test_train_and_eval_output_types():
     with torch.no_grad():
         logits = model(x)
     assert isinstance(logits, torch.Tensor) and logits.shape == (1, 5, 10, 14)
+
+
+@pytest.mark.parametrize(
+    ("name", "timm_name"),
+    [
+        ("lwrefinenet50", "resnet50.tv_in1k"),
+        ("lwrefinenet18", "resnet18.tv_in1k"),
+        ("pspnet101", "resnet101s.gluon_in1k"),
+        ("icnet50", "resnet50s.gluon_in1k"),
+    ],
+)
+def test_pretrained_asks_timm_for_imagenet_weights(monkeypatch, name, timm_name):
+    """pretrained=True goes to timm with the reference-matching weight tag (no download here)."""
+    import timm
+
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_create_model(model_name, pretrained=False, **kwargs):
+        calls.append((model_name, pretrained))
+        raise Stop
+
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    options = {"width": 1.0} if name == "icnet50" else {}
+    with pytest.raises(Stop):
+        build_model(name, num_classes=3, pretrained=True, **options)
+    assert calls == [(timm_name, True)]
+
+
+def test_half_width_icnet_has_no_imagenet_weights():
+    with pytest.raises(ValueError, match=r"width=1\.0"):
+        build_model("icnet50", num_classes=19, pretrained=True)

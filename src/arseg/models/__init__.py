@@ -7,13 +7,17 @@ True
 
 from . import icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
 from .base import SegmentationModel, SegmentationOutput
+from .convert import convert_lwrefinenet, convert_pspnet, load_reference_state_dict
 from .registry import build_model, is_model, list_models, register_model
 
 __all__ = [
     "SegmentationModel",
     "SegmentationOutput",
     "build_model",
+    "convert_lwrefinenet",
+    "convert_pspnet",
     "is_model",
     "list_models",
+    "load_reference_state_dict",
     "register_model",
 ]

@@ -81,6 +81,7 @@ def create_resnet_encoder(
         features_only=True,
         out_indices=(1, 2, 3, 4),
         output_stride=output_stride,
+        zero_init_last=False,  # the references start every BN at gamma = 1
     )
     if reference_dilation:
         set_reference_dilation(encoder)

@@ -152,6 +152,7 @@ class ICNet(SegmentationModel):
             output_stride=8,
             num_classes=0,
             global_pool="",
+            zero_init_last=False,
         )
         set_reference_dilation(self.encoder)
         # Caffe ResNet: conv3_1 strides in its 1x1 reduce conv, not in the 3x3 (same weights).
