@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
         "train_options": {},  # ... only for the training split
         "val_options": {},  # ... only for the validation split
         "crop_size": [64, 64],
-        "scale_range": [0.5, 2.0],
+        "scale_range": [0.5, 2.0],  # None: no random scaling
         "hflip": True,
         "eval_resize": None,  # None: evaluate at the full image size
         "batch_size": 8,
@@ -273,7 +273,7 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     pair("eval.window", cfg["eval"]["window"])
     pair("eval.stride", cfg["eval"]["stride"])
     sr = cfg["data"]["scale_range"]
-    if len(sr) != 2 or not (0 < sr[0] <= sr[1]):
+    if sr is not None and (len(sr) != 2 or not (0 < sr[0] <= sr[1])):
         raise ConfigError(
             f"config key 'data.scale_range' expects [low, high] with 0 < low <= high, got {sr!r}"
         )

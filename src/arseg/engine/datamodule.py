@@ -182,7 +182,9 @@ def build_train_dataset(cfg: dict[str, Any]) -> Dataset:
 
     data = cfg["data"]
     transform = build_train_transform(
-        tuple(data["crop_size"]), scale_range=tuple(data["scale_range"]), hflip=data["hflip"]
+        tuple(data["crop_size"]),
+        scale_range=tuple(data["scale_range"]) if data["scale_range"] is not None else None,
+        hflip=data["hflip"],
     )
     return build_dataset(
         data["name"],

@@ -47,10 +47,14 @@ class SegmentationModule(L.LightningModule):
     Args:
         cfg: resolved config (``cfg['model']['num_classes']`` set).
         class_names: names of the classes (for ``val/iou/<name>``); default ``class_0``...
+        palette: one RGB triple per class, stored in checkpoints for ``arseg predict``.
     """
 
     def __init__(
-        self, cfg: dict[str, Any], class_names: tuple[str, ...] | list[str] | None = None
+        self,
+        cfg: dict[str, Any],
+        class_names: tuple[str, ...] | list[str] | None = None,
+        palette: list[tuple[int, int, int]] | None = None,
     ) -> None:
         super().__init__()
         from arseg.losses import CEARLoss
@@ -64,6 +68,9 @@ class SegmentationModule(L.LightningModule):
             tuple(class_names)
             if class_names is not None
             else tuple(f"class_{i}" for i in range(num_classes))
+        )
+        self.palette = (
+            [tuple(int(v) for v in rgb) for rgb in palette] if palette is not None else None
         )
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
@@ -265,3 +272,5 @@ class SegmentationModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["arseg_config"] = self.cfg
         checkpoint["arseg_classes"] = list(self.class_names)
+        if self.palette is not None:
+            checkpoint["arseg_palette"] = [list(rgb) for rgb in self.palette]

@@ -201,7 +201,11 @@ def fit(
     datamodule = SeedDataModule(cfg)
     datamodule.setup("fit")
     _resolve_classes(cfg, datamodule.train_set)
-    module = SegmentationModule(cfg, class_names=tuple(datamodule.train_set.classes))
+    module = SegmentationModule(
+        cfg,
+        class_names=tuple(datamodule.train_set.classes),
+        palette=getattr(datamodule.train_set, "palette", None),
+    )
     n_params = sum(p.numel() for p in module.parameters())
     # best + last (+ a temporary copy while writing), each weights + momentum, plus logs
     need = 3 * 2 * 4 * n_params + 16 * 2**20

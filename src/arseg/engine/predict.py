@@ -1,0 +1,111 @@
+"""``arseg predict``: segment images with a checkpoint; label, colour and overlay PNGs."""
+
+from __future__ import annotations
+
+import colorsys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .checkpoint import find_checkpoint, load_checkpoint, load_model
+from .inference import predict_logits
+
+__all__ = ["colorize", "default_palette", "overlay", "predict_paths"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours (evenly spaced hues) when a checkpoint carries no palette."""
+    out = []
+    for i in range(num_classes):
+        r, g, b = colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.75, 0.95)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
+
+
+def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (e.g. 255) are black."""
+    lut = np.zeros((256, 3), dtype=np.uint8)
+    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    return lut[labels.astype(np.uint8)]
+
+
+def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend an RGB image with a colour label map."""
+    return (
+        (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha)
+        .round()
+        .astype(np.uint8)
+    )
+
+
+def _list_inputs(inputs: Path) -> list[Path]:
+    if inputs.is_dir():
+        files = sorted(p for p in inputs.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {inputs}")
+        return files
+    if not inputs.is_file():
+        raise FileNotFoundError(f"input image or folder not found: {inputs}")
+    return [inputs]
+
+
+def predict_paths(
+    checkpoint: str | Path,
+    inputs: str | Path,
+    out: str | Path,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    accelerator: str = "cpu",
+) -> list[Path]:
+    """Segment an image or a folder of images; returns the written ``*_color.png`` paths.
+
+    For each input ``NAME.ext`` writes ``NAME_label.png`` (class ids, mode L),
+    ``NAME_color.png`` (palette colours) and ``NAME_overlay.png`` (50 % blend) into ``out``.
+    """
+    from arseg.data import IMAGENET_MEAN, IMAGENET_STD
+
+    files = _list_inputs(Path(inputs))
+    device = torch.device(
+        "cuda" if accelerator in ("gpu", "cuda") and torch.cuda.is_available() else "cpu"
+    )
+    path = find_checkpoint(checkpoint)
+    model, cfg = load_model(path, map_location=device)
+    palette = load_checkpoint(path).get("arseg_palette") or default_palette(
+        cfg["model"]["num_classes"]
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
+    written = []
+    for file in files:
+        try:
+            with Image.open(file) as im:
+                rgb = np.asarray(im.convert("RGB"))
+        except (UnidentifiedImageError, OSError) as err:
+            raise ValueError(f"cannot read image {file}: {err}") from err
+        x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div(255)
+        x = (x - mean) / std
+        resize = cfg["data"]["eval_resize"]
+        if resize:
+            x = torch.nn.functional.interpolate(
+                x, size=tuple(resize), mode="bilinear", align_corners=False
+            )
+        logits = predict_logits(model, x, scales=tuple(scales), flip=flip)
+        if logits.shape[-2:] != rgb.shape[:2]:
+            logits = torch.nn.functional.interpolate(
+                logits, size=rgb.shape[:2], mode="bilinear", align_corners=False
+            )
+        labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+        color = colorize(labels, palette)
+        Image.fromarray(labels, mode="L").save(out / f"{file.stem}_label.png")
+        Image.fromarray(color).save(out / f"{file.stem}_color.png")
+        Image.fromarray(overlay(rgb, color)).save(out / f"{file.stem}_overlay.png")
+        written.append(out / f"{file.stem}_color.png")
+    return written
