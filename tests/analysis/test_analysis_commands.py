@@ -83,7 +83,7 @@ def test_trend_start_from_baseline(tmp_path, make_run, capsys):
     )
     data = json.loads((tmp_path / "t.json").read_text())
     assert data["val_ar_start"] == pytest.approx(0.185)  # the baseline's last val/ar
-    assert "end of base" in capsys.readouterr().out
+    assert "best checkpoint of base" in capsys.readouterr().out
 
 
 def test_trend_command_errors(tmp_path, fake_run, capsys):
@@ -151,7 +151,7 @@ def test_compare_single_runs_and_errors(fake_arms, tmp_path, make_run, capsys):
         == 0
     )
     text = capsys.readouterr().out
-    assert "| class |" in text and "needs >= 2 runs" in text
+    assert "| class |" in text and "no paired test" in text
     other = make_run(tmp_path / "other", n_images=12)
     assert main(["compare", str(ce / "seed0"), str(other), "--n-boot", "200"]) == 2
     assert "different images" in capsys.readouterr().err

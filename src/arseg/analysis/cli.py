@@ -232,7 +232,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--start-from",
         metavar="RUN",
-        help="the baseline run it was fine-tuned from: its last val AR is the start value",
+        help="the baseline run it was fine-tuned from (default: the config's init_from): "
+        "its val AR at that checkpoint is the start value",
     )
     p.add_argument("--min-step", type=int, default=None, help="leave out earlier steps")
     p.add_argument("--json", metavar="FILE", help="also write the numbers as JSON")

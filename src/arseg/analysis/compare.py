@@ -210,7 +210,7 @@ def format_comparison(cmp: Comparison, *, markdown: bool = False) -> str:
         f"({bs.n_boot} resamples of the images, seed {bs.seed})"
     )
     if cmp.seed_test is None:
-        lines.append(f"Across runs: paired test needs >= 2 runs per arm ({cmp.paired_by}).")
+        lines.append("Across runs: no paired test (it needs >= 2 runs per arm).")
     else:
         t = cmp.seed_test
         lines.append(

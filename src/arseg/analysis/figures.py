@@ -340,10 +340,11 @@ def plot_overlays(
         for k, name in enumerate(classes)
     ]
     handles.append(Patch(facecolor="black", edgecolor="0.3", label="ignored"))
+    rows = -(-len(handles) // 7)  # at most 7 entries a row, rows balanced
     fig.legend(
         handles=handles,
         loc="outside lower center",
-        ncol=min(len(handles), 6),
+        ncol=-(-len(handles) // rows),
         fontsize=9,
         frameon=False,
     )

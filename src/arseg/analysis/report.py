@@ -100,6 +100,32 @@ class TrendReport:
         }
 
 
+def _init_source(run: Run) -> tuple[Run, str] | None:
+    """The run a fine-tune was initialised from (config ``init_from``) and which checkpoint."""
+    init = run.config.get("init_from")
+    if not init:
+        return None
+    path = Path(str(init))
+    if path.suffix == ".ckpt":
+        base, which = path.parent.parent, path.stem
+    else:
+        base, which = path, "best"
+    if not (base / "metrics.csv").is_file():
+        return None
+    return Run(base), which
+
+
+def _val_at_checkpoint(base: Run, which: str, val_key: str, miou_key: str = "val/miou") -> float:
+    """``val_key`` of ``base`` at the epoch of its ``best`` (highest val mIoU) or ``last`` checkpoint."""
+    val = base.series(val_key, index="step")
+    if which == "best" and base.has_series(miou_key):
+        miou = base.series(miou_key, index="step")
+        step = miou.idxmax()  # the engine keeps the first epoch reaching the best mIoU
+        if step in val.index:
+            return float(val.loc[step])
+    return float(val.iloc[-1])
+
+
 def trend_of_run(
     run: Run,
     *,
@@ -110,10 +136,14 @@ def trend_of_run(
 ) -> TrendReport:
     """OLS of ``key`` against the step over ``run``, and the change of ``val_key``.
 
+    The start value of ``val_key`` is the state before fine-tuning when it can be found: the
+    value of ``start_from`` (or else of the run named by the config's ``init_from``) at the epoch
+    of the checkpoint the fine-tune started from (``best`` = highest val mIoU, or ``last``);
+    otherwise the run's first logged value.
+
     Args:
         run: a (fine-tuning) run whose metrics.csv logs ``key`` per step.
-        start_from: the run it was initialised from (the baseline); its last ``val_key`` is then
-            the start value (the state before fine-tuning), else the run's first logged value.
+        start_from: the run it was initialised from (the baseline), if not in its config.
         min_step: leave out steps below this one.
 
     Raises:
@@ -128,9 +158,11 @@ def trend_of_run(
     if run.has_series(val_key):
         val = run.series(val_key, index="step")
         end = float(val.iloc[-1])
-        if start_from is not None:
-            start = float(start_from.series(val_key, index="step").iloc[-1])
-            source = f"end of {start_from.label}"
+        init = (start_from, "best") if start_from is not None else _init_source(run)
+        if init is not None and init[0].has_series(val_key):
+            base, which = init
+            start = _val_at_checkpoint(base, which, val_key)
+            source = f"{which} checkpoint of {base.label}"
         elif len(val) >= 2:
             start = float(val.iloc[0])
     return TrendReport(str(run.path), key, ols, start, end, source)
