@@ -20,7 +20,8 @@ half of the kernels): deep stem 32-32-64, bottleneck widths 32/64/128/256 with 1
 
 Cascade label guidance (training only): 1x1 classifiers on the upsampled coarse input of each
 CFF, ``aux["sub4"]`` at 1/16 and ``aux["sub24"]`` at 1/8, loss weights 0.4 and 0.4 (the main
-1/4 output has weight 1). All resampling is bilinear with ``align_corners=True`` (Caffe's
+1/4 output has weight 1; the weights are not in the released files: 0.4/0.4 as in the
+mmsegmentation and GluonCV ports, see docs/models.md). All resampling is bilinear with ``align_corners=True`` (Caffe's
 ``Interp``); sizes follow ``ceil(size / factor)``, which equals Caffe's for ``4k + 1`` inputs
 such as the reference 1025 x 2049.
 """
