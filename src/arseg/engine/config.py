@@ -101,6 +101,7 @@ DEFAULTS: dict[str, Any] = {
         "gradient_clip_val": None,
         "num_sanity_val_steps": 0,
         "enable_progress_bar": True,
+        "num_threads": None,  # torch CPU threads (set_num_threads); None: torch's default
     },
     "eval": {
         "scales": [1.0],  # e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] for PSPNet
@@ -120,12 +121,16 @@ _OPEN_SECTIONS = {
 }
 
 
+# Keys whose value may take several types (Lightning accepts e.g. devices=2, "auto" or [0, 1]).
+_ANY_TYPE = {"trainer.deterministic", "trainer.devices", "trainer.precision", "trainer.strategy"}
+
+
 def _where(source: str | None) -> str:
     return f" (from {source})" if source else ""
 
 
 def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
-    if default is None or value is None:
+    if default is None or value is None or path in _ANY_TYPE:
         return value
     ok: bool
     if isinstance(default, bool):

@@ -87,7 +87,7 @@ def predict_paths(
     for file in files:
         try:
             with Image.open(file) as im:
-                rgb = np.asarray(im.convert("RGB"))
+                rgb = np.array(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read image {file}: {err}") from err
         x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div(255)

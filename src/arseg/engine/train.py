@@ -196,6 +196,8 @@ def fit(
     run_dir = resolve_run_dir(cfg)
     cfg["run_dir"] = str(run_dir)
     start = time.time()
+    if cfg["trainer"]["num_threads"]:
+        torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     datamodule = SeedDataModule(cfg)
