@@ -1,0 +1,104 @@
+"""Config loading: defaults, _base_ inheritance, dotted overrides, errors for unknown keys/types."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arseg.engine.config import DEFAULTS, ConfigError, dump_config, load_config, parse_overrides
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def test_defaults_and_overrides_parse_yaml_values():
+    cfg = load_config(
+        None,
+        [
+            "optim.lr=0.5",
+            "loss.scales=[8, 4]",
+            "model.options.decoder_channels=32",
+            "data.eval_resize=null",
+            "data.hflip=false",
+            "trainer.devices=2",
+        ],
+    )
+    assert cfg["optim"]["lr"] == 0.5
+    assert cfg["loss"]["scales"] == [8, 4]
+    assert cfg["model"]["options"] == {"decoder_channels": 32}
+    assert cfg["data"]["hflip"] is False
+    assert cfg["trainer"]["devices"] == 2
+    # untouched keys keep their defaults, and the defaults themselves are not mutated
+    assert cfg["optim"]["momentum"] == DEFAULTS["optim"]["momentum"]
+    assert DEFAULTS["model"]["options"] == {}
+
+
+def test_int_is_accepted_for_float_keys():
+    assert load_config(None, ["optim.lr=1"])["optim"]["lr"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
+        ("modell.name=x", "unknown config key 'modell'"),
+        ("optim.lr=fast", "expects a float"),
+        ("data.batch_size=2.5", "expects a int"),
+        ("data.hflip=1", "expects a bool"),
+        ("optim=3", "must be a mapping"),
+        ("noequals", "key.subkey=value"),
+        ("loss.lambda_ar=-1", "lambda_ar"),
+        ("data.crop_size=[0, 4]", "crop_size"),
+        ("eval.mode=slide", "eval.window"),
+    ],
+)
+def test_bad_overrides_are_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_base_inheritance_and_unknown_keys_in_files(tmp_path):
+    (tmp_path / "base.yaml").write_text(
+        yaml.safe_dump({"name": "b", "optim": {"lr": 0.3, "momentum": 0.5}})
+    )
+    (tmp_path / "child.yaml").write_text(
+        yaml.safe_dump({"_base_": "base.yaml", "optim": {"lr": 0.1}})
+    )
+    cfg = load_config(tmp_path / "child.yaml", ["optim.momentum=0.7"])
+    assert (cfg["name"], cfg["optim"]["lr"], cfg["optim"]["momentum"]) == ("b", 0.1, 0.7)
+
+    (tmp_path / "typo.yaml").write_text(
+        yaml.safe_dump({"_base_": "base.yaml", "trainer": {"max_epoch": 3}})
+    )
+    with pytest.raises(ConfigError, match=r"trainer.max_epoch.*typo.yaml"):
+        load_config(tmp_path / "typo.yaml")
+
+    (tmp_path / "loop_a.yaml").write_text("_base_: loop_b.yaml\n")
+    (tmp_path / "loop_b.yaml").write_text("_base_: loop_a.yaml\n")
+    with pytest.raises(ConfigError, match="circular"):
+        load_config(tmp_path / "loop_a.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(None, ["model.options.decoder_channels=8", "loss.class_weight=[1, 2.5]"])
+    dump_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_parse_overrides_nests():
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+
+
+@pytest.mark.parametrize(
+    "path", sorted(CONFIGS.rglob("*.yaml")), ids=lambda p: str(p.relative_to(CONFIGS))
+)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg["model"]["name"]
+    if "finetune_ar" in path.name:
+        assert cfg["loss"]["lambda_ar"] == pytest.approx(0.1)
+    if "finetune_ce" in path.name:
+        assert cfg["loss"]["lambda_ar"] == 0.0
