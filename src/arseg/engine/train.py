@@ -53,6 +53,7 @@ for _pattern in (
     r".*You're resuming from a checkpoint that ended before the epoch ended.*",
     r".*`training_step` returned `None`.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
     r".*The number of training batches .* is smaller than the logging interval.*",
     r".*It is recommended to use `self.log\(.*sync_dist=True.*",
     r".*torch.use_deterministic_algorithms.*",

@@ -1,0 +1,255 @@
+"""End to end through the CLI entry point: fit -> finetune -> eval -> predict, and bad input."""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import shutil
+from collections import namedtuple
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from arseg.cli import main
+from arseg.engine import build_eval_dataset, load_model, predict_logits
+
+
+def _csv_columns(path):
+    with open(path) as f:
+        return next(csv.reader(f))
+
+
+def test_fit_finetune_eval_predict(tmp_path, tiny_config, capsys):
+    cfg = tiny_config()
+    base, ft = tmp_path / "base", tmp_path / "ft"
+    assert main(["fit", str(cfg), "--run-dir", str(base), "trainer.max_epochs=2"]) == 0
+
+    # the run directory the analysis code reads
+    for rel in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+    ):
+        assert (base / rel).is_file(), rel
+    cols = _csv_columns(base / "metrics.csv")
+    for col in (
+        "step",
+        "epoch",
+        "train/loss",
+        "train/ce",
+        "train/ar",
+        "lr",
+        "val/miou",
+        "val/pixel_acc",
+        "val/ar",
+        "val/iou/background",
+    ):
+        assert col in cols, col
+    with open(base / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    step_rows = [r for r in rows if r["train/ar"]]
+    assert len(step_rows) == 8  # 16 samples / batch 4 = 4 steps per epoch, 2 epochs
+    assert all(float(r["train/ar"]) > 0 for r in step_rows)  # AR logged in a CE-only run
+    assert all(float(r["train/loss"]) == float(r["train/ce"]) for r in step_rows)  # lambda_ar = 0
+    lrs = [float(r["lr"]) for r in step_rows]
+    assert lrs[0] == pytest.approx(0.01) and all(
+        a > b for a, b in itertools.pairwise(lrs)
+    )  # poly decay
+    summary = json.loads((base / "summary.json").read_text())
+    assert summary["steps"] == 8 and 0 <= summary["best_miou"] <= 1
+
+    # fine-tune with AR from the baseline weights: fresh optimiser, same architecture
+    assert (
+        main(
+            [
+                "finetune",
+                str(cfg),
+                "--init-from",
+                str(base),
+                "--run-dir",
+                str(ft),
+                "loss.lambda_ar=0.1",
+            ]
+        )
+        == 0
+    )
+    with open(ft / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train/ar"]]
+    assert float(rows[0]["lr"]) == pytest.approx(0.01)  # fresh schedule
+    first = rows[0]
+    assert float(first["train/loss"]) == pytest.approx(
+        float(first["train/ce"]) + 0.1 * float(first["train/ar"]), rel=1e-5
+    )
+    ckpt = torch.load(ft / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["arseg_config"]["init_from"] == str(base)
+    assert ckpt["global_step"] == 4  # not continued from the baseline's 8 steps
+
+    # evaluation writes metrics.json + per-image confusions equal to the validation numbers
+    capsys.readouterr()
+    assert main(["eval", str(ft), "--no-progress"]) == 0
+    assert "mIoU" in capsys.readouterr().out
+    metrics = json.loads((ft / "eval" / "metrics.json").read_text())
+    conf = np.load(ft / "eval" / "per_image_confusion.npy")
+    assert conf.shape == (7, 6, 6) and conf.dtype == np.int64
+    assert conf.sum() == 7 * 32 * 32  # synthetic scenes have no ignored pixels
+    ft_summary = json.loads((ft / "summary.json").read_text())  # one epoch: best = last
+    assert metrics["miou"] == pytest.approx(ft_summary["best_miou"], abs=1e-6)
+    assert metrics["val_ar"] == pytest.approx(ft_summary["final"]["val/ar"], rel=1e-5)
+    total = conf.sum(0)
+    iou = np.diag(total) / (total.sum(0) + total.sum(1) - np.diag(total))
+    assert metrics["miou"] == pytest.approx(np.nanmean(iou), abs=1e-6)
+    assert metrics["classes"] == list(metrics["iou_per_class"])
+    assert metrics["val_ar"] > 0
+
+    # multi-scale + flip + sliding window evaluation into another folder
+    out = tmp_path / "ms"
+    assert (
+        main(
+            [
+                "eval",
+                str(ft / "checkpoints" / "best.ckpt"),
+                "--out",
+                str(out),
+                "--scales",
+                "0.75",
+                "1.0",
+                "--flip",
+                "--mode",
+                "slide",
+                "--window",
+                "24",
+                "24",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    ms = json.loads((out / "metrics.json").read_text())
+    assert (
+        ms["eval"]["scales"] == [0.75, 1.0] and ms["eval"]["flip"] is True and 0 <= ms["miou"] <= 1
+    )
+
+    # the engine API used by the analysis code
+    model, config = load_model(ft)
+    assert not model.training and config["model"]["num_classes"] == 6
+    ds = build_eval_dataset(config)
+    image, target = ds[0]
+    assert predict_logits(model, image[None]).shape == (1, 6, *target.shape)
+
+    # predict: a folder of images -> label / colour / overlay PNGs
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(2):
+        Image.fromarray(
+            np.random.default_rng(i).integers(0, 255, (30, 41, 3), dtype=np.uint8)
+        ).save(images / f"im{i}.png")
+    assert main(["predict", str(ft), str(images), "--out", str(tmp_path / "pred")]) == 0
+    label = np.array(Image.open(tmp_path / "pred" / "im0_label.png"))
+    assert label.shape == (30, 41) and label.max() < 6
+    assert Image.open(tmp_path / "pred" / "im1_overlay.png").size == (41, 30)
+    assert Image.open(tmp_path / "pred" / "im1_color.png").mode == "RGB"
+
+
+@pytest.fixture
+def trained_run(tmp_path_factory, tiny_config):
+    run = tmp_path_factory.mktemp("runs") / "base"
+    assert (
+        main(
+            [
+                "fit",
+                str(tiny_config()),
+                "--run-dir",
+                str(run),
+                "trainer.limit_train_batches=1",
+                "trainer.limit_val_batches=1",
+            ]
+        )
+        == 0
+    )
+    return run
+
+
+def test_checkpoint_config_mismatch_is_a_clear_error(tmp_path, tiny_config, trained_run, capsys):
+    cfg = tiny_config()
+    capsys.readouterr()
+    rc = main(
+        [
+            "finetune",
+            str(cfg),
+            "--init-from",
+            str(trained_run),
+            "--run-dir",
+            str(tmp_path / "a"),
+            "model.name=lwrefinenet18",
+        ]
+    )
+    assert rc == 2
+    assert (
+        "holds a 'lwrefinenet_mbv2' model but the config asks for 'lwrefinenet18'"
+        in capsys.readouterr().err
+    )
+    rc = main(
+        [
+            "finetune",
+            str(cfg),
+            "--init-from",
+            str(trained_run),
+            "--run-dir",
+            str(tmp_path / "b"),
+            "model.num_classes=4",
+        ]
+    )
+    assert rc == 2 and "model.num_classes=4" in capsys.readouterr().err
+    rc = main(
+        [
+            "finetune",
+            str(cfg),
+            "--init-from",
+            str(trained_run),
+            "--run-dir",
+            str(tmp_path / "c"),
+            "model.options.decoder_channels=16",
+        ]
+    )
+    assert rc == 2 and "model.options" in capsys.readouterr().err
+    # not a checkpoint at all
+    bogus = tmp_path / "bogus.ckpt"
+    bogus.write_bytes(b"not a checkpoint")
+    rc = main(["finetune", str(cfg), "--init-from", str(bogus), "--run-dir", str(tmp_path / "d")])
+    assert rc == 2 and "weights_only=True" in capsys.readouterr().err
+    # nothing was trained into the failed run directories
+    assert not (tmp_path / "a" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_run_dir_errors_before_training(tmp_path, tiny_config, trained_run, capsys, monkeypatch):
+    cfg = tiny_config()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    capsys.readouterr()
+    assert main(["fit", str(cfg), "--run-dir", str(blocker / "run")]) == 2
+    assert "not writable" in capsys.readouterr().err
+
+    # an existing run is never overwritten silently
+    assert main(["fit", str(cfg), "--run-dir", str(trained_run)]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["fit", str(cfg), "--run-dir", str(tmp_path / "new"), "--resume"]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+
+    # a full disk: detected before training starts
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    assert main(["fit", str(cfg), "--run-dir", str(tmp_path / "full")]) == 2
+    assert "not enough free space" in capsys.readouterr().err
+    assert not (tmp_path / "full" / "metrics.csv").exists()
+
+
+def test_config_errors_from_the_cli(tiny_config, capsys):
+    assert main(["fit", str(tiny_config()), "optim.lrr=1"]) == 2
+    assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["finetune", str(tiny_config())])  # --init-from is required
