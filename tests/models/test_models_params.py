@@ -26,6 +26,11 @@ REFERENCE_COUNTS = [
     ("pspnet101", 19, {"aux": False}, 65_707_475),
 ]
 
+# DrSleep ``mbv2(21)``, counted from models/mobilenet.py (its README: 3.3M): timm's MobileNet-v2
+# lacks the reference's 1x1 32->32 expansion conv + BN of the first (t = 1) block.
+MBV2_REFERENCE_COUNT = 3_284_565
+MBV2_FIRST_BLOCK_EXTRA = 32 * 32 + 2 * 32
+
 ICNET_PROTOTXT_COUNT = 6_699_987  # 19 classes, inference network (no label-guidance heads)
 
 
@@ -44,6 +49,14 @@ def test_parameter_count_matches_reference(name, classes, options, expected):
     ours = _count(model)
     assert abs(ours - expected) <= 0.01 * expected, (ours, expected)
     assert ours == expected  # our layouts are exact copies; any drift is a bug
+
+
+def test_lwrefinenet_mbv2_parameter_count_within_one_percent():
+    with torch.device("meta"):
+        model = build_model("lwrefinenet_mbv2", 21)
+    ours = _count(model)
+    assert ours + MBV2_FIRST_BLOCK_EXTRA == MBV2_REFERENCE_COUNT
+    assert abs(ours - MBV2_REFERENCE_COUNT) <= 0.01 * MBV2_REFERENCE_COUNT
 
 
 def test_icnet_parameter_count_matches_prototxt():

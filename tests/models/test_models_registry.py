@@ -13,6 +13,7 @@ EXPECTED = {
     "lwrefinenet50",
     "lwrefinenet101",
     "lwrefinenet152",
+    "lwrefinenet_mbv2",
     "pspnet50",
     "pspnet101",
     "icnet50",
@@ -22,6 +23,7 @@ EXPECTED = {
 def test_list_models_has_the_contract_names():
     assert EXPECTED <= set(list_models())
     assert list_models("lwrefinenet1*") == ["lwrefinenet101", "lwrefinenet152", "lwrefinenet18"]
+    assert list_models("*mbv2") == ["lwrefinenet_mbv2"]
 
 
 def test_unknown_model_names_the_available_ones():
@@ -74,6 +76,7 @@ def test_train_and_eval_output_types():
     [
         ("lwrefinenet50", "resnet50.tv_in1k"),
         ("lwrefinenet18", "resnet18.tv_in1k"),
+        ("lwrefinenet_mbv2", "mobilenetv2_100.ra_in1k"),
         ("pspnet101", "resnet101s.gluon_in1k"),
         ("icnet50", "resnet50s.gluon_in1k"),
     ],

@@ -20,7 +20,7 @@ from .base import SegmentationModel, check_num_classes
 from .encoders import create_resnet_encoder
 from .registry import register_model
 
-__all__ = ["CRPBlock", "LWRefineNet"]
+__all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2"]
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -164,3 +164,77 @@ def lwrefinenet101(num_classes: int, pretrained: bool = False, **options) -> LWR
 def lwrefinenet152(num_classes: int, pretrained: bool = False, **options) -> LWRefineNet:
     """LW-RefineNet-152 (reference ``rf_lw152``)."""
     return _lw("resnet152", num_classes, pretrained, **options)
+
+
+class LWRefineNetMobileNetV2(SegmentationModel):
+    """Light-Weight RefineNet on MobileNet-v2 (reference ``models/mobilenet.py``, ``mbv2``).
+
+    Six encoder outputs (24, 32, 64, 96, 160, 320 channels at strides 4, 8, 16, 16, 32, 32) are
+    projected to ``decoder_channels`` by bias-free 1x1 convs; pairs at the same stride are summed,
+    and four CRP stages with ReLU6 fuse them from 1/32 down to 1/4, as in the reference. The
+    encoder is timm's ``mobilenetv2_100``; its first block (expansion 1) has no 1x1 expansion
+    conv, where the reference's has a 32->32 one (1,088 parameters, 0.03 % of the model).
+
+    Shapes: input ``(B, 3, H, W)`` -> logits ``(B, C, ceil(H/4), ceil(W/4))``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 21,
+        *,
+        decoder_channels: int = 256,
+        pretrained: bool = False,
+        crp_stages: int = 4,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        self.num_classes = check_num_classes(num_classes)
+        if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int):
+            raise TypeError(
+                f"decoder_channels must be an int, got {type(decoder_channels).__name__}"
+            )
+        if decoder_channels < 1:
+            raise ValueError(f"decoder_channels must be >= 1, got {decoder_channels}")
+        self.output_stride = 4
+        self.aux_weights: dict[str, float] = {}
+        self.encoder = timm.create_model(
+            "mobilenetv2_100.ra_in1k" if pretrained else "mobilenetv2_100",
+            pretrained=pretrained,
+            features_only=True,
+            out_indices=(1, 2, 3, 4),
+        )
+        channels = [stage[-1].conv_pwl.out_channels for stage in self.encoder.blocks[1:]]
+        d = decoder_channels
+        # reference conv3..conv8: one projection per encoder output (24 ... 320 channels)
+        self.projs = nn.ModuleList(_conv1x1(c, d) for c in channels)
+        self.crps = nn.ModuleList(CRPBlock(d, d, crp_stages) for _ in range(4))
+        self.adapts = nn.ModuleList(_conv1x1(d, d) for _ in range(3))  # conv_adapt4..2
+        self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        e = self.encoder
+        x = e.bn1(e.conv_stem(x))
+        feats = []
+        for i, stage in enumerate(e.blocks):
+            x = stage(x)
+            if i >= 1:
+                feats.append(x)
+        l3, l4, l5, l6, l7, l8 = (proj(f) for proj, f in zip(self.projs, feats))
+        relu6 = F.relu6
+        y = self.crps[0](relu6(l8 + l7))  # 1/32
+        y = _upsample_to(self.adapts[0](y), l6)
+        y = self.crps[1](relu6(l5 + l6 + y))  # 1/16
+        y = _upsample_to(self.adapts[1](y), l4)
+        y = self.crps[2](relu6(l4 + y))  # 1/8
+        y = _upsample_to(self.adapts[2](y), l3)
+        y = self.crps[3](relu6(l3 + y))  # 1/4
+        return self.classifier(y), {}
+
+
+@register_model
+def lwrefinenet_mbv2(
+    num_classes: int, pretrained: bool = False, **options
+) -> LWRefineNetMobileNetV2:
+    """LW-RefineNet on MobileNet-v2 (reference ``mbv2``)."""
+    return LWRefineNetMobileNetV2(num_classes, pretrained=pretrained, **options)
