@@ -193,12 +193,21 @@ def fit(
 
     Returns the summary written to ``RUN/summary.json``.
     """
-    cfg = copy.deepcopy(cfg)
+    threads = torch.get_num_threads()
+    try:
+        if cfg["trainer"]["num_threads"]:
+            torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
+        return _fit(copy.deepcopy(cfg), resume=resume, overwrite=overwrite, callbacks=callbacks)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    cfg: dict[str, Any], *, resume: bool, overwrite: bool, callbacks: list[Any] | None
+) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     cfg["run_dir"] = str(run_dir)
     start = time.time()
-    if cfg["trainer"]["num_threads"]:
-        torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
 
     datamodule = SeedDataModule(cfg)
