@@ -12,7 +12,8 @@ from ._checks import (
     check_logits,
     check_target,
 )
-from .affinity import ScalesArg, one_hot_t, sample_target, sqrt_probs
+from .affinity import ScalesArg, compute_dtype, one_hot_t, sample_target, sqrt_probs
+from .factorized import factorized_sq_sum
 from .sampling import normalize_scales, sample_positions
 
 __all__ = ["AUTO_EXPLICIT_MAX_POSITIONS", "METHODS", "REDUCTIONS", "ar_loss"]
@@ -31,37 +32,6 @@ def _explicit_sq_sum(s: Tensor, y_t: Tensor) -> Tensor:
     """sum_ij (A - M)^2 per image, with A = S^T S and M = Y Y^T built as (B, N, N)."""
     diff = s.transpose(1, 2) @ s - y_t.transpose(1, 2) @ y_t
     return diff.square().sum(dim=(1, 2))
-
-
-def _factorized_sq_sum(s: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
-    """sum_ij (A - M)^2 per image without any N x N matrix, O(N C^2) time, O(C^2) extra memory.
-
-    Expand around the target: ``S = Y^T + D`` (columns of ignored positions are 0 in both), so
-    ``A - M = E + E^T + F`` with ``E = Y D`` and ``F = D^T D``. With the C x C matrices
-    ``G = D D^T``, ``H = D Y`` and the class counts ``n = diag(Y^T Y)``:
-
-        ||E + E^T + F||^2 = 2 sum_k n_k G_kk + 2 <H, H^T> + ||G||^2 + 4 <H, G>.
-
-    Every term is built from the small residual D, so float32 stays accurate as the loss goes to
-    0 (the textbook ``||S S^T||^2 - 2 ||S Y||^2 + sum_k n_k^2`` subtracts large numbers).
-    """
-    batch, num_classes, n = s.shape
-    safe = torch.where(valid, labels, torch.zeros_like(labels)).unsqueeze(1)  # (B, 1, N)
-    valid_f = valid.unsqueeze(1).to(s.dtype)  # (B, 1, N)
-    # D = S - Y^T: subtract 1 at (label, position) of valid positions; ignored columns -> 0.
-    d = (s * valid_f).scatter_add(1, safe, -valid_f)
-    g = d @ d.transpose(1, 2)  # (B, C, C)
-    # H = D Y: column l of H sums the columns of D at positions labelled l (ignored ones are 0).
-    h = d.new_zeros(batch, num_classes, num_classes).scatter_add(
-        2, safe.expand(batch, num_classes, n), d
-    )
-    counts = s.new_zeros(batch, num_classes).scatter_add(1, safe.squeeze(1), valid_f.squeeze(1))
-    return (
-        2 * (counts * g.diagonal(dim1=1, dim2=2)).sum(dim=1)
-        + 2 * (h * h.transpose(1, 2)).sum(dim=(1, 2))
-        + g.square().sum(dim=(1, 2))
-        + 4 * (h * g).sum(dim=(1, 2))
-    )
 
 
 def ar_loss(
@@ -141,14 +111,17 @@ def ar_loss(
         method = "explicit" if n <= AUTO_EXPLICIT_MAX_POSITIONS else "factorized"
     valid = labels != ignore_index
 
+    sampled = sample_positions(logits, grids) if grids is not None else logits.flatten(2)
+    dtype = compute_dtype(logits.dtype)
     with torch.autocast(logits.device.type, enabled=False):
-        s = sqrt_probs(sample_positions(logits, grids) if grids is not None else logits.flatten(2))
         if method == "explicit":
-            y_t = one_hot_t(labels, valid, num_classes, s.dtype)
-            sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(s.dtype), y_t)
+            s = sqrt_probs(sampled)
+            y_t = one_hot_t(labels, valid, num_classes, dtype)
+            sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(dtype), y_t)
         else:
-            sq_sum = _factorized_sq_sum(s, labels, valid)
-        n_valid = valid.sum(dim=1).to(s.dtype)
+            safe = torch.where(valid, labels, torch.zeros_like(labels))
+            sq_sum = factorized_sq_sum(sampled.to(dtype), safe, valid)
+        n_valid = valid.sum(dim=1).to(dtype)
         # Images without valid positions have sq_sum == 0 exactly (all rows/columns masked).
         per_image = sq_sum / n_valid.clamp(min=1).square()
         if reduction == "none":
@@ -156,4 +129,4 @@ def ar_loss(
         total = per_image.sum()
         if reduction == "sum":
             return total
-        return total / (n_valid > 0).sum().clamp(min=1).to(s.dtype)
+        return total / (n_valid > 0).sum().clamp(min=1).to(dtype)

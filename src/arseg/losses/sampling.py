@@ -26,7 +26,13 @@ from torch import Tensor
 
 Grid = tuple[int, int]
 
-__all__ = ["cell_centre_indices", "normalize_scales", "num_positions", "sample_positions"]
+__all__ = [
+    "cell_centre_indices",
+    "grid_indices",
+    "normalize_scales",
+    "num_positions",
+    "sample_positions",
+]
 
 
 def _is_int(x: object) -> bool:
@@ -102,19 +108,34 @@ def cell_centre_indices(size: int, grid: int, device: torch.device | str | None 
     return torch.div((2 * i + 1) * size, 2 * grid, rounding_mode="floor")
 
 
+def grid_indices(
+    height: int, width: int, grids: list[Grid], device: torch.device | str | None = None
+) -> tuple[Tensor, Tensor]:
+    """Row and column indices (N,) int64 of all cell centres of ``grids`` on a (height, width) map.
+
+    Example:
+        >>> rows, cols = grid_indices(4, 4, [(2, 2), (1, 1)])
+        >>> rows.tolist(), cols.tolist()
+        ([1, 1, 3, 3, 2], [1, 3, 1, 3, 2])
+    """
+    rows, cols = [], []
+    for gh, gw in grids:
+        r = cell_centre_indices(height, gh, device)
+        c = cell_centre_indices(width, gw, device)
+        rows.append(r.repeat_interleave(gw))
+        cols.append(c.repeat(gh))
+    return torch.cat(rows), torch.cat(cols)
+
+
 def sample_positions(x: Tensor, grids: list[Grid]) -> Tensor:
     """Sample ``x`` (..., H, W) at the cell centres of ``grids`` -> (..., N).
 
-    Works for logits (B, C, h, w) and label maps (B, H, W) alike; a grid equal to the map's own
-    size is the identity and only flattens.
+    Works for logits (B, C, h, w) and label maps (B, H, W) alike, whatever their memory layout
+    (one advanced-indexing gather, no copy of the whole map); a single grid equal to the map's
+    own size only flattens.
     """
     height, width = x.shape[-2:]
-    parts = []
-    for gh, gw in grids:
-        if (gh, gw) == (height, width):
-            parts.append(x.flatten(-2))
-            continue
-        rows = cell_centre_indices(height, gh, x.device)
-        cols = cell_centre_indices(width, gw, x.device)
-        parts.append(x.index_select(-2, rows).index_select(-1, cols).flatten(-2))
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+    if len(grids) == 1 and grids[0] == (height, width):
+        return x.flatten(-2)
+    rows, cols = grid_indices(height, width, grids, x.device)
+    return x[..., rows, cols]

@@ -1,0 +1,197 @@
+"""Speed (and memory) of the AR loss next to plain cross-entropy, forward + backward.
+
+For logits (B, C, h, w) from small up to full-resolution Cityscapes-like (2, 19, 512, 1024) it
+times, on the CPU and on CUDA when present:
+
+* ``CE``         F.cross_entropy on the same logits (target at the logits' size),
+* ``AR(12,6)``   ar_loss at the paper's grids (N = 180, explicit),
+* ``AR full``    ar_loss at the logits' full resolution, factorized (no N x N matrix),
+* ``AR full ex`` the same with method="explicit" where its N x N matrices fit, else "does not fit",
+
+as medians over ``--repeats`` runs after a warm-up, with the ratios AR / CE. The memory columns
+give the peak memory a forward + backward allocates beyond the inputs, in units of the logits'
+size (the gradient of the logits itself counts as 1): CUDA peak allocated memory, or on the CPU
+the peak resident set of a fresh subprocess per case.
+
+    python benchmarks/loss_speed.py                   # CPU (+ CUDA if available)
+    python benchmarks/loss_speed.py --device cpu --repeats 3 --no-memory
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from arseg.losses import ar_loss
+
+SHAPES = [
+    (4, 19, 32, 64),
+    (8, 19, 64, 128),
+    (2, 19, 128, 256),
+    (2, 19, 256, 512),
+    (2, 19, 512, 1024),
+]
+CASES = ("ce", "ar_grid", "ar_full", "ar_full_explicit")
+# Explicit full resolution materialises about four (B, N, N) float32 buffers (A, M, A - M, grad).
+EXPLICIT_BUFFERS = 4
+CPU_EXPLICIT_BUDGET = 2 * 2**30
+
+
+def loss_fn(case: str):
+    if case == "ce":
+        return lambda x, t: F.cross_entropy(x, t, ignore_index=255)
+    if case == "ar_grid":
+        return lambda x, t: ar_loss(x, t, scales=(12, 6))
+    if case == "ar_full":
+        return lambda x, t: ar_loss(x, t, scales=None, method="factorized")
+    return lambda x, t: ar_loss(x, t, scales=None, method="explicit")
+
+
+def make_inputs(shape, device):
+    gen = torch.Generator().manual_seed(0)
+    b, c, h, w = shape
+    logits = torch.randn(shape, generator=gen).to(device).requires_grad_(True)
+    target = torch.randint(0, c, (b, h, w), generator=gen)
+    target[:, : h // 8] = 255  # some ignored pixels, like real label maps
+    return logits, target.to(device)
+
+
+def explicit_fits(shape, device) -> bool:
+    b, _, h, w = shape
+    need = EXPLICIT_BUFFERS * b * (h * w) ** 2 * 4
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return need < 0.5 * free
+    return need < CPU_EXPLICIT_BUDGET
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_case(case, shape, device, repeats) -> float:
+    fn = loss_fn(case)
+    logits, target = make_inputs(shape, device)
+    times = []
+    for i in range(repeats + 1):
+        logits.grad = None
+        sync(device)
+        start = time.perf_counter()
+        fn(logits, target).backward()
+        sync(device)
+        if i > 0:  # the first run warms up allocators and kernels
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def cuda_extra_memory(case, shape, device) -> float:
+    fn = loss_fn(case)
+    logits, target = make_inputs(shape, device)
+    fn(logits, target).backward()  # warm-up
+    logits.grad = None
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn(logits, target).backward()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / (logits.numel() * 4)
+
+
+def cpu_extra_memory_child(case, shape) -> None:
+    """Runs in a fresh process: prints the peak RSS increase of one forward + backward."""
+    device = torch.device("cpu")
+    fn = loss_fn(case)
+    small = make_inputs((1, shape[1], 8, 8), device)
+    fn(*small).backward()  # load kernels before measuring
+    logits, target = make_inputs(shape, device)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn(logits, target).backward()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) * 1024 / (logits.numel() * 4))
+
+
+def cpu_extra_memory(case, shape) -> float:
+    cmd = [sys.executable, __file__, "--memory-child", case, *map(str, shape)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def machine_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def run(device, repeats, memory) -> None:
+    print(f"\n### {device.type.upper()}: {machine_name(device)}, torch {torch.__version__}")
+    print("forward + backward, median of", repeats, "runs; ratio = AR / CE")
+    header = (
+        "| (B, C, h, w) | CE ms | AR(12,6) ms | ratio | AR full ms | ratio "
+        "| AR full explicit ms | ratio |"
+    )
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if memory:
+        header += " extra mem CE | extra mem AR full |"
+        rule += " ---: | ---: |"
+    print(header)
+    print(rule)
+    for shape in SHAPES:
+        ce = time_case("ce", shape, device, repeats)
+        grid = time_case("ar_grid", shape, device, repeats)
+        full = time_case("ar_full", shape, device, repeats)
+        if explicit_fits(shape, device):
+            ex = time_case("ar_full_explicit", shape, device, repeats)
+            ex_cells = f"{ex * 1e3:.1f} | {ex / ce:.2f}"
+        else:
+            ex_cells = "does not fit | -"
+        row = (
+            f"| {shape} | {ce * 1e3:.1f} | {grid * 1e3:.1f} | {grid / ce:.2f} "
+            f"| {full * 1e3:.1f} | {full / ce:.2f} | {ex_cells} |"
+        )
+        if memory:
+            if device.type == "cuda":
+                mem = [cuda_extra_memory(c, shape, device) for c in ("ce", "ar_full")]
+            else:
+                mem = [cpu_extra_memory(c, shape) for c in ("ce", "ar_full")]
+            row += f" {mem[0]:.1f}x | {mem[1]:.1f}x |"
+        print(row, flush=True)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        case, *dims = args.memory_child
+        cpu_extra_memory_child(case, tuple(int(d) for d in dims))
+        return 0
+    devices = []
+    if args.device in ("cpu", "all"):
+        devices.append(torch.device("cpu"))
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
+        devices.append(torch.device("cuda"))
+    elif args.device == "cuda":
+        print("CUDA is not available", file=sys.stderr)
+        return 1
+    for device in devices:
+        run(device, args.repeats, args.memory)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
