@@ -24,7 +24,16 @@ def _native(size: int, stride: int) -> int:
     return math.ceil(size / stride)
 
 
-@pytest.mark.parametrize("name", list_models())
+# one model per family by default (the deeper variants only stack more blocks, and their
+# parameter counts are checked on the meta device); every other model in the slow run
+FAST_EVAL = ("lwrefinenet18", "lwrefinenet_mbv2", "pspnet50", "icnet50")
+EVAL_CASES = [
+    name if name in FAST_EVAL else pytest.param(name, marks=pytest.mark.slow)
+    for name in list_models()
+]
+
+
+@pytest.mark.parametrize("name", EVAL_CASES)
 def test_eval_returns_native_resolution_logits(name):
     torch.manual_seed(0)
     model = build_model(name, num_classes=5, **SMALL[name]).eval()
