@@ -146,6 +146,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
     except _expected_errors() as err:
         return _fail(err)
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return 0
     best = summary["best_miou"]
     print(
         f"done: {summary['steps']} steps in {summary['wall_time_s']:.0f} s; best val mIoU "

@@ -96,6 +96,8 @@ def _prepare_run_dir(
 ) -> Path | None:
     """Check the run directory before training; returns the checkpoint to resume from."""
     last = run_dir / "checkpoints" / "last.ckpt"
+    if rank_zero_only.rank != 0:  # a DDP worker: rank 0 has checked (and made) the directory
+        return last if resume else None
     if resume:
         if not last.is_file():
             raise RunDirError(f"--resume: no checkpoint to resume from at {last}")
@@ -107,22 +109,21 @@ def _prepare_run_dir(
                 f"run directory {run_dir} already exists and is not empty: pass --resume to continue "
                 "it, --overwrite to replace it, or choose another --run-dir"
             )
-        if rank_zero_only.rank == 0:
-            for name in (
-                "checkpoints",
-                "eval",
-                "tensorboard",
-                "metrics.csv",
-                "summary.json",
-                "config.yaml",
-                "hparams.yaml",
-                "predictions",
-            ):
-                target = run_dir / name
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+        for name in (
+            "checkpoints",
+            "eval",
+            "tensorboard",
+            "metrics.csv",
+            "summary.json",
+            "config.yaml",
+            "hparams.yaml",
+            "predictions",
+        ):
+            target = run_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
     _check_writable(run_dir, need_bytes)
     return None
 
@@ -257,7 +258,11 @@ def _fit(
             )
         )
     all_callbacks.extend(callbacks or [])
-    distributed = _num_processes(tcfg) > 1
+    # SyncBatchNorm under multi-GPU DDP (torch supports it on CUDA only; CPU/gloo DDP keeps
+    # per-process BatchNorm statistics).
+    accel = str(tcfg["accelerator"])
+    on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    distributed = _num_processes(tcfg) > 1 and on_gpu
     trainer = L.Trainer(
         default_root_dir=str(run_dir),
         logger=_loggers(run_dir),
