@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import io
 import math
 import sys
 from collections.abc import Sequence
@@ -28,12 +29,10 @@ import yaml
 
 from arseg.analysis.compare import compare_runs, format_comparison
 from arseg.analysis.figures import (
-    figure_to_base64,
     plot_class_deltas,
     plot_curves,
     plot_overlays,
     plot_per_class_iou,
-    save_figure,
 )
 from arseg.analysis.runs import Run, RunError
 from arseg.analysis.stats import TrendResult, ols_trend, relative_change
@@ -219,12 +218,18 @@ class _Page:
         self.md.append("")
 
     def figure(self, fig, name: str, caption: str) -> None:
+        import base64
+
         import matplotlib.pyplot as plt
 
-        png = save_figure(fig, self.fig_dir / name, ("png",))[0]
-        self.figures.append(png)
-        data = figure_to_base64(fig)
+        self.fig_dir.mkdir(parents=True, exist_ok=True)
+        png = self.fig_dir / f"{name}.png"
+        buf = io.BytesIO()  # rendered once: written beside the Markdown and embedded in the HTML
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", facecolor="white")
         plt.close(fig)
+        png.write_bytes(buf.getvalue())
+        self.figures.append(png)
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
         self.html.append(
             f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
