@@ -28,6 +28,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "AFFINITY_CMAP",
@@ -258,6 +259,7 @@ def plot_curves(
                 lw=1.6,
                 label=label + (f" (moving avg. {window})" if window > 1 else ""),
             )
+    ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_m.set_xlabel("epoch")
     ax_m.set_ylabel("val mIoU (%)")
     ax_m.set_title("Validation mIoU")
