@@ -315,7 +315,7 @@ def plot_overlays(
     fig, axes = plt.subplots(
         n,
         cols,
-        figsize=(panel_w * cols, panel_h * n + 1.0 + 0.25 * len(classes) / 4),
+        figsize=(panel_w * cols, (panel_h + 0.3) * n + 0.3 * -(-(len(classes) + 1) // 7) + 0.2),
         squeeze=False,
         layout="constrained",
     )
