@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 TINY = {
@@ -54,3 +55,12 @@ def tiny_config(tmp_path: Path):
         return write_config(tmp_path, name, **sections)
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One BLAS thread: on a shared 2-core machine two threads can be several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

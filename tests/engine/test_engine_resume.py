@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -53,3 +54,15 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_conf
         assert torch.equal(weights[key], value), key
     for key, value in ref_momentum.items():
         assert torch.equal(momentum[key]["momentum_buffer"], value["momentum_buffer"]), key
+
+    # the log of the resumed run: every step once, with the uninterrupted run's values
+    def train_rows(path):
+        with open(path / "metrics.csv") as f:
+            return [
+                (int(r["step"]), float(r["train/loss"]))
+                for r in csv.DictReader(f)
+                if r["train/loss"]
+            ]
+
+    assert train_rows(run) == train_rows(reference)
+    assert [s for s, _ in train_rows(run)] == list(range(8))

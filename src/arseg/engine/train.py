@@ -16,6 +16,7 @@ Run directory (read by :mod:`arseg.analysis`)::
 from __future__ import annotations
 
 import copy
+import csv
 import importlib.util
 import json
 import math
@@ -29,8 +30,10 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 
 from .checkpoint import (
@@ -128,8 +131,46 @@ def _prepare_run_dir(
     return None
 
 
+class _KeepingExperimentWriter(ExperimentWriter):
+    """Lightning's CSV writer, but it never deletes an existing metrics.csv: it appends to it
+    (arseg checks the run directory itself, and a resumed run continues its log)."""
+
+    def _check_log_dir_exists(self) -> None:
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
+                header = next(csv.reader(f), [])
+            self.metrics_keys = sorted(header)
+
+
+class _RunCSVLogger(CSVLogger):
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _KeepingExperimentWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def _truncate_metrics(run_dir: Path, global_step: int) -> None:
+    """Drop the rows a resumed run will log again (steps >= the checkpoint's global step)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        fields = reader.fieldnames or []
+        rows = [r for r in reader if r.get("step") and int(float(r["step"])) < global_step]
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 def _loggers(run_dir: Path) -> list[Any]:
-    loggers: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    loggers: list[Any] = [_RunCSVLogger(save_dir=str(run_dir), name="", version="")]
     if (
         importlib.util.find_spec("tensorboard") is not None
         or importlib.util.find_spec("tensorboardX") is not None
@@ -231,6 +272,8 @@ def _fit(
         load_weights(module.model, model_state_dict(ckpt), init)
     if rank_zero_only.rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
+        if ckpt_path is not None:
+            _truncate_metrics(run_dir, int(load_checkpoint(ckpt_path)["global_step"]))
 
     tcfg = cfg["trainer"]
     ckpt_dir = run_dir / "checkpoints"
@@ -331,6 +374,39 @@ def evaluate(
     cfg = ckpt.get("arseg_config")
     if cfg is None:
         raise ValueError(f"{path} has no arseg config: it was not written by arseg")
+    threads = torch.get_num_threads()
+    try:
+        if cfg["trainer"].get("num_threads"):
+            torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
+        return _evaluate(
+            ckpt,
+            path,
+            cfg,
+            ckpt_or_run_dir,
+            split=split,
+            out_dir=out_dir,
+            eval_overrides=eval_overrides,
+            data_overrides=data_overrides,
+            accelerator=accelerator,
+            progress=progress,
+        )
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate(
+    ckpt: dict[str, Any],
+    path: Path,
+    cfg: dict[str, Any],
+    ckpt_or_run_dir: str | Path,
+    *,
+    split: str | None,
+    out_dir: str | Path | None,
+    eval_overrides: dict[str, Any] | None,
+    data_overrides: dict[str, Any] | None,
+    accelerator: str,
+    progress: bool,
+) -> dict[str, Any]:
     cfg = copy.deepcopy(cfg)
     cfg["eval"].update(eval_overrides or {})
     cfg["data"].update(data_overrides or {})
