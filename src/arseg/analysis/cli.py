@@ -31,6 +31,17 @@ def _write_json(path: str | None, data: object) -> None:
         Path(path).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def _checkpoint_label(path: Path) -> str:
+    """``run/best`` for ``run/checkpoints/best.ckpt``, the directory name for a run directory."""
+    if path.suffix == ".ckpt":
+        return (
+            f"{path.parent.parent.name}/{path.stem}"
+            if path.parent.name == "checkpoints"
+            else path.stem
+        )
+    return path.name
+
+
 # ----------------------------------------------------------------------- handlers
 def _affinity(args: argparse.Namespace) -> int:
     from arseg.analysis.affinity import (
@@ -43,9 +54,7 @@ def _affinity(args: argparse.Namespace) -> int:
 
     labels = args.labels or (["baseline", "+AR"] if len(args.checkpoints) == 2 else None)
     if labels is None:
-        labels = [
-            Path(c).stem if Path(c).suffix == ".ckpt" else Path(c).name for c in args.checkpoints
-        ]
+        labels = [_checkpoint_label(Path(c)) for c in args.checkpoints]
     if len(labels) != len(args.checkpoints):
         return _fail(
             ValueError(f"got {len(labels)} labels for {len(args.checkpoints)} checkpoints")
