@@ -366,6 +366,12 @@ def build_report(
 
     # comparisons against the first run
     evaluated = [r for r in runs if (r.path / "eval" / "per_image_confusion.npy").is_file()]
+    if len(runs) > 1 and runs[0] not in evaluated:
+        page.heading("Paired comparison")
+        page.paragraph(
+            f"No paired comparison: the reference run {runs[0].label} has no per-image confusion "
+            f"matrices (run `arseg eval {runs[0].path}` first)."
+        )
     if len(runs) > 1 and runs[0] in evaluated:
         page.heading("Paired comparison")
         for other in runs[1:]:
