@@ -253,3 +253,30 @@ def test_config_errors_from_the_cli(tiny_config, capsys):
     assert "unknown config key 'optim.lrr'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["finetune", str(tiny_config())])  # --init-from is required
+
+
+def test_bf16_mixed_precision_trains_with_float32_losses(tmp_path, tiny_config):
+    run = tmp_path / "bf16"
+    assert (
+        main(
+            [
+                "fit",
+                str(tiny_config()),
+                "--run-dir",
+                str(run),
+                "--precision",
+                "bf16-mixed",
+                "loss.lambda_ar=0.1",
+                "trainer.limit_train_batches=2",
+                "trainer.deterministic=false",
+            ]
+        )
+        == 0
+    )
+    with open(run / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["train/ar"]]
+    assert len(rows) == 2
+    for r in rows:
+        ce, ar, total = float(r["train/ce"]), float(r["train/ar"]), float(r["train/loss"])
+        assert np.isfinite([ce, ar, total]).all() and 0 < ar < 1
+        assert total == pytest.approx(ce + 0.1 * ar, rel=1e-6)  # float32 arithmetic, not bf16
