@@ -77,19 +77,22 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_case(case, shape, device, repeats) -> float:
-    fn = loss_fn(case)
+def time_cases(cases, shape, device, repeats) -> dict[str, float]:
+    """Median forward + backward seconds per case; the cases run interleaved (round-robin), so
+    a load change on a shared machine hits all of them alike."""
     logits, target = make_inputs(shape, device)
-    times = []
+    fns = {case: loss_fn(case) for case in cases}
+    times = {case: [] for case in cases}
     for i in range(repeats + 1):
-        logits.grad = None
-        sync(device)
-        start = time.perf_counter()
-        fn(logits, target).backward()
-        sync(device)
-        if i > 0:  # the first run warms up allocators and kernels
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for case, fn in fns.items():
+            logits.grad = None
+            sync(device)
+            start = time.perf_counter()
+            fn(logits, target).backward()
+            sync(device)
+            if i > 0:  # the first round warms up allocators and kernels
+                times[case].append(time.perf_counter() - start)
+    return {case: statistics.median(t) for case, t in times.items()}
 
 
 def cuda_extra_memory(case, shape, device) -> float:
@@ -158,11 +161,13 @@ def run(device, repeats, memory) -> None:
     print(header)
     print(rule)
     for shape in SHAPES:
-        ce = time_case("ce", shape, device, repeats)
-        grid = time_case("ar_grid", shape, device, repeats)
-        full = time_case("ar_full", shape, device, repeats)
+        cases = ["ce", "ar_grid", "ar_full"]
         if explicit_fits(shape, device):
-            ex = time_case("ar_full_explicit", shape, device, repeats)
+            cases.append("ar_full_explicit")
+        t = time_cases(cases, shape, device, repeats)
+        ce, grid, full = t["ce"], t["ar_grid"], t["ar_full"]
+        if "ar_full_explicit" in t:
+            ex = t["ar_full_explicit"]
             ex_cells = f"{ex * 1e3:.1f} | {ex / ce:.2f}"
         else:
             ex_cells = "does not fit | -"
