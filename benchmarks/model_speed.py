@@ -27,6 +27,7 @@ CASES: dict[str, tuple[int, tuple[int, int], tuple[int, int]]] = {
     "lwrefinenet50": (40, (480, 640), (500, 500)),
     "lwrefinenet101": (40, (480, 640), (500, 500)),
     "lwrefinenet152": (40, (480, 640), (500, 500)),
+    "lwrefinenet_mbv2": (40, (480, 640), (500, 500)),
     "pspnet50": (40, (480, 640), (473, 473)),
     "pspnet101": (40, (480, 640), (473, 473)),
     "icnet50": (19, (1024, 2048), (720, 720)),
