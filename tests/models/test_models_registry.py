@@ -91,3 +91,11 @@ def test_pretrained_asks_timm_for_imagenet_weights(monkeypatch, name, timm_name)
 def test_half_width_icnet_has_no_imagenet_weights():
     with pytest.raises(ValueError, match=r"width=1\.0"):
         build_model("icnet50", num_classes=19, pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["lwrefinenet18", "lwrefinenet_mbv2"])
+def test_decoder_channels_validation(name):
+    with pytest.raises(ValueError, match="decoder_channels"):
+        build_model(name, num_classes=3, decoder_channels=0)
+    with pytest.raises(TypeError, match="decoder_channels"):
+        build_model(name, num_classes=3, decoder_channels=16.0)

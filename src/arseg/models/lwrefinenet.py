@@ -13,6 +13,7 @@ and a ``decoder_channels`` option make CPU-sized models.
 
 from __future__ import annotations
 
+import timm
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -187,8 +188,6 @@ class LWRefineNetMobileNetV2(SegmentationModel):
         crp_stages: int = 4,
     ) -> None:
         super().__init__()
-        import timm
-
         self.num_classes = check_num_classes(num_classes)
         if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int):
             raise TypeError(
