@@ -8,7 +8,8 @@ at 1/4 of the input (``output_stride = 4``). :func:`arseg.models.convert.convert
 maps the reference state dicts onto this module.
 
 Besides the reference ResNet-50/101/152 encoders, ResNet-18/34 encoders (not in the reference)
-and a ``decoder_channels`` option make CPU-sized models.
+and a ``decoder_channels`` option make CPU-sized models. :class:`LWRefineNetMobileNetV2` is the
+reference's MobileNet-v2 variant (``models/mobilenet.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ from .encoders import create_resnet_encoder
 from .registry import register_model
 
 __all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2"]
+
+
+def _check_decoder_channels(value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"decoder_channels must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"decoder_channels must be >= 1, got {value}")
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -82,12 +90,7 @@ class LWRefineNet(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int):
-            raise TypeError(
-                f"decoder_channels must be an int, got {type(decoder_channels).__name__}"
-            )
-        if decoder_channels < 1:
-            raise ValueError(f"decoder_channels must be >= 1, got {decoder_channels}")
+        _check_decoder_channels(decoder_channels)
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = create_resnet_encoder(encoder, pretrained=pretrained)
@@ -189,12 +192,7 @@ class LWRefineNetMobileNetV2(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        if isinstance(decoder_channels, bool) or not isinstance(decoder_channels, int):
-            raise TypeError(
-                f"decoder_channels must be an int, got {type(decoder_channels).__name__}"
-            )
-        if decoder_channels < 1:
-            raise ValueError(f"decoder_channels must be >= 1, got {decoder_channels}")
+        _check_decoder_channels(decoder_channels)
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = timm.create_model(
