@@ -133,8 +133,8 @@ class ICNet(SegmentationModel):
         if pretrained and width != 1.0:
             raise ValueError(
                 "timm has no ImageNet weights for ICNet's half-width ResNet-50 (the reference "
-                "prunes a trained PSPNet-50); use width=1.0 with pretrained=True, or load "
-                "converted reference weights"
+                "prunes a trained PSPNet-50); use width=1.0 with pretrained=True, or "
+                "pretrained=False"
             )
         self.output_stride = 4
         weights = {"sub4": 0.4, "sub24": 0.4} if aux_weights is None else dict(aux_weights)
