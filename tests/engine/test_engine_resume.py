@@ -66,3 +66,44 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_conf
 
     assert train_rows(run) == train_rows(reference)
     assert [s for s, _ in train_rows(run)] == list(range(8))
+
+
+def test_resume_log_repair_restores_the_row_lost_with_the_process(tmp_path):
+    """Lightning checkpoints a step before its logger writes that step's row: a kill in between
+    leaves the row only in the checkpoint, and a crash can cut the last CSV line short."""
+    from arseg.engine.train import _truncate_metrics
+
+    header = "epoch,lr,step,train/ar,train/ce,train/loss\n"
+    (tmp_path / "metrics.csv").write_text(
+        header + "0,0.01,0,0.5,1.5,1.5\n" + "0,0.009,1,0.4,1.3,1.3\n" + "0,0.008,2,0.4,1."
+    )
+    lost = {
+        "step": 2.0,
+        "epoch": 0.0,
+        "train/loss": 1.25,
+        "train/ce": 1.25,
+        "train/ar": 0.375,
+        "lr": 0.008,
+    }
+    _truncate_metrics(tmp_path, {"global_step": 3, "arseg_last_train_row": lost})
+    with open(tmp_path / "metrics.csv") as f:
+        assert f.readline() == header  # sorted, as Lightning appends
+        rows = list(csv.DictReader([header, *f]))
+    assert [(int(r["step"]), float(r["train/loss"])) for r in rows] == [
+        (0, 1.5),
+        (1, 1.3),
+        (2, 1.25),
+    ]
+
+    # resuming from an earlier checkpoint drops the steps the run will log again
+    _truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
+    with open(tmp_path / "metrics.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0]
+
+    # an empty file (killed before the first flush) gets the header and the row
+    (tmp_path / "metrics.csv").write_text("")
+    _truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == [
+        header.strip(),
+        "0,0.008,0,0.375,1.25,1.25",
+    ]

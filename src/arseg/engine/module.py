@@ -156,11 +156,13 @@ class SegmentationModule(L.LightningModule):
             with torch.no_grad():
                 ar = self._ar(logits.detach(), target)
             total = ce
+        aux_logged: dict[str, Tensor] = {}
         if self.cfg["loss"]["aux"]:
             weights = getattr(self.model, "aux_weights", {})
             for name, aux_logits in aux.items():
                 aux_ce = self._ce(aux_logits, target)
                 total = total + float(weights.get(name, 0.0)) * aux_ce
+                aux_logged[f"train/aux/{name}"] = aux_ce.detach()
                 self.log(f"train/aux/{name}", aux_ce.detach(), on_step=True, on_epoch=False)
         bs = images.shape[0]
         self.log(
@@ -172,6 +174,17 @@ class SegmentationModule(L.LightningModule):
         )
         lr = self.optimizers().optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
         self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
+        # Lightning saves step checkpoints before it hands this step's values to the loggers: the
+        # checkpoint carries them, so a run killed in between still logs every step once.
+        self._last_train_row = {
+            "step": self.global_step,
+            "epoch": self.current_epoch,
+            "train/loss": total.detach(),
+            "train/ce": ce.detach(),
+            "train/ar": ar.detach(),
+            "lr": lr,
+            **aux_logged,
+        }
         return total
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
@@ -270,6 +283,9 @@ class SegmentationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        row = getattr(self, "_last_train_row", None)
+        if row is not None:
+            checkpoint["arseg_last_train_row"] = {k: float(v) for k, v in row.items()}
         checkpoint["arseg_config"] = self.cfg
         checkpoint["arseg_classes"] = list(self.class_names)
         if self.palette is not None:

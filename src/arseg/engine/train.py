@@ -152,15 +152,32 @@ class _RunCSVLogger(CSVLogger):
         return self._experiment
 
 
-def _truncate_metrics(run_dir: Path, global_step: int) -> None:
-    """Drop the rows a resumed run will log again (steps >= the checkpoint's global step)."""
+def _truncate_metrics(run_dir: Path, checkpoint: dict[str, Any]) -> None:
+    """Make metrics.csv hold each step before the checkpoint once: drop the rows a resumed run
+    will log again (steps >= the checkpoint's global step) and restore the checkpoint's last
+    training row if the run died before its logger wrote it."""
     path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = reader.fieldnames or []
+    global_step = int(checkpoint["global_step"])
+    rows: list[dict[str, Any]] = []
+    fields: list[str] = []
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines.pop()  # a row cut short by the crash
+        reader = csv.DictReader(lines)
+        fields = list(reader.fieldnames or [])
         rows = [r for r in reader if r.get("step") and int(float(r["step"])) < global_step]
+    last = checkpoint.get("arseg_last_train_row")
+    if last is not None and int(last["step"]) == global_step - 1:
+        step = int(last["step"])
+        logged = any(int(float(r["step"])) == step and r.get("train/loss") for r in rows)
+        if not logged:
+            row = {k: (int(v) if k in ("step", "epoch") else v) for k, v in last.items()}
+            # Lightning's CSV writer keeps its columns sorted and appends in that order.
+            fields = sorted({*fields, *row})
+            rows.append(row)
+    if not rows and not path.is_file():
+        return
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -170,7 +187,10 @@ def _truncate_metrics(run_dir: Path, global_step: int) -> None:
 
 
 def _loggers(run_dir: Path) -> list[Any]:
-    loggers: list[Any] = [_RunCSVLogger(save_dir=str(run_dir), name="", version="")]
+    # Rows reach the disk as they are logged (not every 100 steps): nothing lost on a crash.
+    loggers: list[Any] = [
+        _RunCSVLogger(save_dir=str(run_dir), name="", version="", flush_logs_every_n_steps=1)
+    ]
     if (
         importlib.util.find_spec("tensorboard") is not None
         or importlib.util.find_spec("tensorboardX") is not None
@@ -273,7 +293,7 @@ def _fit(
     if rank_zero_only.rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
         if ckpt_path is not None:
-            _truncate_metrics(run_dir, int(load_checkpoint(ckpt_path)["global_step"]))
+            _truncate_metrics(run_dir, load_checkpoint(ckpt_path))
 
     tcfg = cfg["trainer"]
     ckpt_dir = run_dir / "checkpoints"
