@@ -170,6 +170,31 @@ def test_bootstrap_several_seeds_and_validation(make_confusions):
         paired_bootstrap(a, b, n_boot=200, class_names=["only one"])
 
 
+def test_bootstrap_resampling_runs_covers_seed_noise(make_confusions):
+    """Seeds that disagree: image resampling alone calls the mean gain real (it treats the
+    trained networks as fixed); resampling the seed pairs too does not."""
+    rng = np.random.default_rng(6)
+    base = [make_confusions(rng, 60, q) for q in (0.6, 0.6, 0.6, 0.6)]
+    # B's gain over A flips sign from seed to seed: +8, -6, +8, -6 points of accuracy
+    alt = [make_confusions(rng, 60, q) for q in (0.68, 0.54, 0.68, 0.54)]
+    a, b = np.stack(base), np.stack(alt)
+    images_only = paired_bootstrap(a, b, n_boot=2000, seed=0)
+    two_level = paired_bootstrap(a, b, n_boot=2000, seed=0, resample_runs=True)
+    assert two_level.resample_runs and not images_only.resample_runs
+    assert images_only.excludes_zero  # over-confident: the seeds' disagreement is invisible
+    assert two_level.delta == images_only.delta  # same point estimate
+    width = two_level.ci_high - two_level.ci_low
+    assert width > 1.5 * (images_only.ci_high - images_only.ci_low)
+    assert two_level.ci_low < 0 < two_level.ci_high and not two_level.excludes_zero
+    # identical arms stay exactly [0, 0]; reproducible by seed; paired runs required
+    same = paired_bootstrap(a, a, n_boot=300, resample_runs=True)
+    assert (same.ci_low, same.ci_high) == (0.0, 0.0)
+    again = paired_bootstrap(a, b, n_boot=2000, seed=0, resample_runs=True)
+    assert (again.ci_low, again.ci_high) == (two_level.ci_low, two_level.ci_high)
+    with pytest.raises(ValueError, match="paired runs"):
+        paired_bootstrap(a, b[:3], n_boot=200, resample_runs=True)
+
+
 def test_seed_summary_and_paired_test():
     s = seed_summary([0.40, 0.42, 0.44])
     assert s.mean == pytest.approx(0.42) and s.std == pytest.approx(0.02) and s.n == 3

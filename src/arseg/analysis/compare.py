@@ -71,6 +71,7 @@ class Comparison:
                 "n_images": bs.n_images,
                 "seed": bs.seed,
                 "excludes_zero": bs.excludes_zero,
+                "resample_runs": bs.resample_runs,
             },
             "paired_by": self.paired_by,
             "seed_test": None
@@ -151,6 +152,8 @@ def compare_runs(
         level=level,
         seed=seed,
         class_names=classes,
+        # with several paired seeds, resample them too: the interval then covers training noise
+        resample_runs=len(confs_a) == len(confs_b) >= 2,
     )
     test = paired_seed_test(miou_a, miou_b) if len(miou_a) == len(miou_b) else None
     if len(miou_a) != len(miou_b):
@@ -207,7 +210,8 @@ def format_comparison(cmp: Comparison, *, markdown: bool = False) -> str:
     lines.append(
         f"mIoU B - A: {_pt(bs.delta)} points, {pct}% paired bootstrap interval "
         f"[{_pt(bs.ci_low)}, {_pt(bs.ci_high)}] ({verdict}); bootstrap p = {bs.p_value:.3g} "
-        f"({bs.n_boot} resamples of the images, seed {bs.seed})"
+        f"({bs.n_boot} resamples of the images"
+        f"{' and of the seed pairs' if bs.resample_runs else ''}, seed {bs.seed})"
     )
     if cmp.seed_test is None:
         lines.append("Across runs: no paired test (it needs >= 2 runs per arm).")

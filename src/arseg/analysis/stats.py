@@ -228,6 +228,7 @@ class BootstrapResult:
     n_images: int
     seed: int
     per_class: list[ClassDelta] = field(default_factory=list)
+    resample_runs: bool = False  # the seed pairs were resampled too (two-level bootstrap)
 
     @property
     def excludes_zero(self) -> bool:
@@ -254,6 +255,7 @@ def paired_bootstrap(
     seed: int = 0,
     class_names: Sequence[str] | None = None,
     chunk: int = 1000,
+    resample_runs: bool = False,
 ) -> BootstrapResult:
     """Paired bootstrap interval of the mIoU difference between two arms, over images.
 
@@ -261,6 +263,12 @@ def paired_bootstrap(
     applied to every run of both arms (pairing by image), their confusion matrices are summed
     over the drawn images, and the statistic is ``mean_seeds mIoU(B) - mean_seeds mIoU(A)``.
     The interval is the percentile interval of the resampled statistic.
+
+    Resampling images alone treats the trained networks as fixed: it says whether *these*
+    runs differ, not whether another seed would. With ``resample_runs=True`` (paired runs,
+    the same number per arm, run ``i`` of A paired with run ``i`` of B) each resample also
+    draws the run pairs with replacement (a two-level bootstrap), so the interval carries the
+    seed-to-seed variance of training as well.
 
     Args:
         conf_a, conf_b: per-image confusion matrices, (n_images, C, C) for one run or
@@ -304,12 +312,29 @@ def paired_bootstrap(
 
     runs = np.concatenate([a, b]).astype(np.float64)  # (R, n, C, C)
     n_a = a.shape[0]
+    if resample_runs and n_a != b.shape[0]:
+        raise ValueError(
+            f"resample_runs needs paired runs (as many in each arm), got {n_a} and {b.shape[0]}"
+        )
     flat = runs.transpose(1, 0, 2, 3).reshape(n_images, -1)  # (n, R*C*C)
 
-    def arm_stats(total: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        # total (..., R, C, C) -> per-arm mean mIoU (...) and per-class IoU (..., C)
+    def arm_stats(
+        total: np.ndarray, pair_counts: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # total (..., R, C, C) -> per-arm mean mIoU (...) and per-class IoU (..., C);
+        # pair_counts (k, n_a): how often each run pair was drawn (two-level bootstrap)
         iou = iou_from_confusion(total)
         miou = miou_from_confusion(total)
+        if pair_counts is not None:
+            w = np.concatenate([pair_counts, pair_counts], axis=-1)  # (k, R)
+            wc = w[..., None] * np.isfinite(iou)
+            iou0 = np.nan_to_num(iou)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cls_a = (iou0[..., :n_a, :] * wc[..., :n_a, :]).sum(-2) / wc[..., :n_a, :].sum(-2)
+                cls_b = (iou0[..., n_a:, :] * wc[..., n_a:, :]).sum(-2) / wc[..., n_a:, :].sum(-2)
+            m_a = (miou[..., :n_a] * pair_counts).sum(-1) / n_a
+            m_b = (miou[..., n_a:] * pair_counts).sum(-1) / n_a
+            return m_a, m_b, cls_a, cls_b
         with np.errstate(invalid="ignore"):
             cls_a = np.nanmean(iou[..., :n_a, :], axis=-2) if n_a > 1 else iou[..., 0, :]
             cls_b = (
@@ -332,7 +357,12 @@ def paired_bootstrap(
             stop = min(start + chunk, n_boot)
             counts = rng.multinomial(n_images, probs, size=stop - start).astype(np.float64)
             totals = (counts @ flat).reshape(stop - start, runs.shape[0], n_classes, n_classes)
-            bm_a, bm_b, bc_a, bc_b = arm_stats(totals)
+            pair_counts = (
+                rng.multinomial(n_a, np.full(n_a, 1.0 / n_a), size=stop - start).astype(np.float64)
+                if resample_runs
+                else None
+            )
+            bm_a, bm_b, bc_a, bc_b = arm_stats(totals, pair_counts)
             deltas[start:stop] = bm_b - bm_a
             cls_deltas[start:stop] = bc_b - bc_a
 
@@ -362,6 +392,7 @@ def paired_bootstrap(
         n_images=n_images,
         seed=seed,
         per_class=per_class,
+        resample_runs=resample_runs,
     )
 
 
