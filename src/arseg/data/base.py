@@ -23,6 +23,7 @@ from .transforms import IGNORE_INDEX, build_eval_transform
 __all__ = [
     "DatasetError",
     "PairedImageDataset",
+    "apply_transform",
     "check_root",
     "make_label_lut",
     "read_image",
@@ -96,6 +97,16 @@ def make_label_lut(mapping: Mapping[int, int], size: int = 256) -> tuple[np.ndar
         lut[raw] = train_id
         valid[raw] = True
     return lut, valid
+
+
+def apply_transform(
+    transform: Callable, image: np.ndarray, target: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a joint transform on an (H, W, 3) uint8 image and its (H, W) label array."""
+    return transform(
+        tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
+        tv_tensors.Mask(torch.from_numpy(target)),
+    )
 
 
 class PairedImageDataset(Dataset):
@@ -182,11 +193,7 @@ class PairedImageDataset(Dataset):
         return image, lut[raw]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target = self.load(index)
-        return self.transform(
-            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-            tv_tensors.Mask(torch.from_numpy(target)),
-        )
+        return apply_transform(self.transform, *self.load(index))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(split={getattr(self, 'split', '?')!r}, samples={len(self)})"

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from torchvision import tv_tensors
 
+from .base import apply_transform
 from .registry import register_dataset
 from .transforms import IGNORE_INDEX, build_eval_transform
 
@@ -208,11 +208,7 @@ class SyntheticScenes(Dataset):
         return render_scene(rng, *self.size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, target = self.load(index)
-        return self.transform(
-            tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1)),
-            tv_tensors.Mask(torch.from_numpy(target)),
-        )
+        return apply_transform(self.transform, *self.load(index))
 
     def __repr__(self) -> str:
         return (
