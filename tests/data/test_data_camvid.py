@@ -118,6 +118,14 @@ def test_malformed_list_line(tmp_path):
     (root / "train.txt").write_text("/SegNet/CamVid/train/seq_0000.png\n")
     with pytest.raises(DatasetError, match="line 1"):
         build_dataset("camvid", root=root, split="train")
+    (root / "train.txt").write_text("\ntrain/seq_0000.png seq_0000.png\n")
+    with pytest.raises(
+        DatasetError, match=r"train\.txt line 2: path 'seq_0000\.png' has no folder"
+    ):
+        build_dataset("camvid", root=root, split="train")
+    (root / "train.txt").write_text("\n\n")
+    with pytest.raises(DatasetError, match="is empty"):
+        build_dataset("camvid", root=root, split="train")
 
 
 def test_truncated_image(tmp_path):

@@ -166,6 +166,17 @@ def test_prepare_errors(official, tmp_path):
         prepare_nyuv2(official["mat"], official["splits"], bad_map, out, progress=False)
 
 
+def test_malformed_list_files(tmp_path):
+    (tmp_path / "train.nyu").write_text("train_images/000003.png\n")
+    with pytest.raises(
+        DatasetError, match=r"train\.nyu line 1: expected '<image path> <label path>'"
+    ):
+        build_dataset("nyuv2", root=tmp_path, split="train")
+    (tmp_path / "train.nyu").write_text("")
+    with pytest.raises(DatasetError, match=r"train\.nyu is empty"):
+        build_dataset("nyuv2", root=tmp_path, split="train")
+
+
 def test_missing_prepared_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="arseg data prepare nyuv2"):
         build_dataset("nyuv2", root=tmp_path, split="train")

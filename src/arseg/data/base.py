@@ -28,6 +28,7 @@ __all__ = [
     "make_label_lut",
     "read_image",
     "read_label",
+    "read_pair_list",
 ]
 
 
@@ -45,6 +46,34 @@ def check_root(root: str | Path | None, dataset: str) -> Path:
     if not path.is_dir():
         raise FileNotFoundError(f"{dataset}: root folder {path} does not exist")
     return path
+
+
+def read_pair_list(
+    list_file: Path, resolve: Callable[[str], Path], dataset: str
+) -> list[tuple[Path, Path]]:
+    """Parse a list file of ``<image path> <label path>`` lines (any whitespace between them).
+
+    ``resolve`` turns each path as written into a file path (list files often carry a foreign
+    prefix or are relative to the dataset root). Blank lines are skipped; a line without exactly
+    two fields or an empty list is a :class:`DatasetError` naming the file and line.
+    """
+    pairs = []
+    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise DatasetError(
+                f"{dataset}: {list_file} line {lineno}: expected '<image path> <label path>', "
+                f"got {line!r}"
+            )
+        try:
+            pairs.append((resolve(fields[0]), resolve(fields[1])))
+        except ValueError as err:
+            raise DatasetError(f"{dataset}: {list_file} line {lineno}: {err}") from None
+    if not pairs:
+        raise DatasetError(f"{dataset}: list file {list_file} is empty")
+    return pairs
 
 
 def read_image(path: Path) -> np.ndarray:

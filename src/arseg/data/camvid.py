@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from .base import DatasetError, PairedImageDataset, check_root
+from .base import PairedImageDataset, check_root, read_pair_list
 from .registry import register_dataset
 from .transforms import IGNORE_INDEX
 
@@ -56,30 +56,16 @@ CAMVID_PALETTE: list[tuple[int, int, int]] = [
 CAMVID_VOID = 11
 
 
-def read_pair_list(list_file: Path, root: Path, dataset: str) -> list[tuple[Path, Path]]:
-    """Parse ``<image> <label>`` lines, resolving each path by ``folder/file`` under ``root``."""
-    pairs = []
-    for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2:
-            raise DatasetError(
-                f"{dataset}: {list_file} line {lineno}: expected '<image path> <label path>', "
-                f"got {line!r}"
-            )
-        resolved = []
-        for field in fields:
-            parts = Path(field).parts
-            if len(parts) < 2:
-                raise DatasetError(
-                    f"{dataset}: {list_file} line {lineno}: path {field!r} has no folder"
-                )
-            resolved.append(root / parts[-2] / parts[-1])
-        pairs.append((resolved[0], resolved[1]))
-    if not pairs:
-        raise DatasetError(f"{dataset}: list file {list_file} is empty")
-    return pairs
+def _resolve_by_folder_and_name(root: Path) -> Callable[[str], Path]:
+    """Map a listed path with a foreign prefix (``/SegNet/CamVid/train/x.png``) under ``root``."""
+
+    def resolve(field: str) -> Path:
+        parts = Path(field).parts
+        if len(parts) < 2:
+            raise ValueError(f"path {field!r} has no folder")
+        return root / parts[-2] / parts[-1]
+
+    return resolve
 
 
 @register_dataset("camvid")
@@ -115,4 +101,5 @@ class CamVid(PairedImageDataset):
         label_map = {i: i for i in range(len(CAMVID_CLASSES))}
         label_map[CAMVID_VOID] = IGNORE_INDEX
         label_map[IGNORE_INDEX] = IGNORE_INDEX
-        super().__init__(read_pair_list(list_file, root, "camvid"), label_map, transform, "camvid")
+        pairs = read_pair_list(list_file, _resolve_by_folder_and_name(root), "camvid")
+        super().__init__(pairs, label_map, transform, "camvid")

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .base import DatasetError, PairedImageDataset, check_root
+from .base import DatasetError, PairedImageDataset, check_root, read_pair_list
 from .registry import register_dataset
 from .transforms import IGNORE_INDEX
 
@@ -105,19 +105,7 @@ class NYUv2(PairedImageDataset):
             )
         self.root = root
         self.split = split
-        pairs = []
-        for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise DatasetError(
-                    f"nyuv2: {list_file} line {lineno}: expected '<image path>\\t<label path>', "
-                    f"got {line!r}"
-                )
-            pairs.append((root / fields[0], root / fields[1]))
-        if not pairs:
-            raise DatasetError(f"nyuv2: list file {list_file} is empty")
+        pairs = read_pair_list(list_file, lambda field: root / field, "nyuv2")
         label_map = {i: i for i in range(len(NYUV2_CLASSES))}
         label_map[IGNORE_INDEX] = IGNORE_INDEX
         super().__init__(pairs, label_map, transform, "nyuv2")
