@@ -290,6 +290,29 @@ def test_custom_ignore_index_and_negative_ignore():
     torch.testing.assert_close(as_ignored, ar_loss(logits[..., 1:, :], target[:, 1:], scales=None))
 
 
+def test_narrow_integer_targets_compare_ignore_index_as_int64():
+    """255 does not fit int8 and -1 does not fit uint8: no wrap-around may make them 'ignored'."""
+    logits = torch.randn(1, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"found \[-1\]"):
+        ar_loss(logits, torch.full((1, 8, 8), -1, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"ignore_index=-1, found \[255\]"):
+        ar_loss(logits, torch.full((1, 8, 8), 255, dtype=torch.uint8), ignore_index=-1)
+    target = torch.randint(0, 3, (1, 8, 8))
+    target[0, :3] = 255
+    expected = ar_loss(logits, target, scales=None)
+    torch.testing.assert_close(ar_loss(logits, target.to(torch.uint8), scales=None), expected)
+    target[0, :3] = -1
+    torch.testing.assert_close(
+        ar_loss(logits, target.to(torch.int8), scales=None, ignore_index=-1), expected
+    )
+
+
+def test_logits_and_target_on_different_devices_is_a_clear_error():
+    logits = torch.randn(1, 3, 4, 4, device="meta")
+    with pytest.raises(ValueError, match="same device"):
+        ar_loss(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("scales", "method"), [((12, 6), "auto"), (None, "factorized")])
 def test_torch_compile(scales, method):

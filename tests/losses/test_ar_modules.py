@@ -58,6 +58,8 @@ def test_arloss_rejects_bad_options(kwargs, error):
         ({"method": "fast"}, ValueError),
         ({"ignore_index": 2.5}, TypeError),
         ({"lambda_ar": -1.0}, ValueError),
+        ({"lambda_ar": float("nan")}, ValueError),
+        ({"lambda_ar": float("inf")}, ValueError),
     ],
 )
 def test_cearloss_rejects_bad_options(kwargs, error):

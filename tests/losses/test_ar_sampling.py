@@ -88,3 +88,16 @@ def test_label_affinity_full_resolution_follows_size():
     assert m.shape == (2, 24, 24) and valid.shape == (2, 24)
     m_own, _ = label_affinity(target, scales=None)
     assert m_own.shape == (2, 384, 384)
+
+
+def test_label_affinity_memory_does_not_depend_on_label_values():
+    """Raw ids (e.g. instance-style 10**9) are compared pairwise, not one-hot encoded."""
+    target = torch.tensor([[[10**9, 7], [255, 10**9]]])
+    m, valid = label_affinity(target, scales=None)
+    assert valid.tolist() == [[True, True, False, True]]
+    assert m[0].tolist() == [
+        [1.0, 0.0, 0.0, 1.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0, 0.0],
+        [1.0, 0.0, 0.0, 1.0],
+    ]

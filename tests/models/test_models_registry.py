@@ -99,3 +99,11 @@ def test_decoder_channels_validation(name):
         build_model(name, num_classes=3, decoder_channels=0)
     with pytest.raises(TypeError, match="decoder_channels"):
         build_model(name, num_classes=3, decoder_channels=16.0)
+    with pytest.raises(ValueError, match="crp_stages"):
+        build_model(name, num_classes=3, decoder_channels=8, crp_stages=0)
+
+
+@pytest.mark.parametrize("bins", [3, (), (1, 0), (1, 2.0), "1236"])
+def test_pspnet_bins_validation(bins):
+    with pytest.raises(ValueError, match="bins must be a non-empty sequence of positive ints"):
+        build_model("pspnet50", num_classes=3, bins=bins)

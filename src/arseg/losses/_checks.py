@@ -49,6 +49,11 @@ def check_ignore_index(ignore_index: object) -> None:
 
 
 def check_batch(logits: Tensor, target: Tensor) -> None:
+    if logits.device != target.device:
+        raise ValueError(
+            f"logits and target must be on the same device, got logits on {logits.device} and "
+            f"target on {target.device}"
+        )
     if logits.shape[0] != target.shape[0]:
         raise ValueError(
             "logits and target must have the same batch size, got "
@@ -65,13 +70,21 @@ def check_label_values(target: Tensor, num_classes: int | None, ignore_index: in
     """
     if torch.compiler.is_compiling() or target.numel() == 0:
         return
+    # Compare in the target's own dtype only where ignore_index is representable in it: an int8
+    # target would otherwise compare against 255 wrapped to -1 (and uint8 against -1 as 255),
+    # while the loss compares the labels as int64.
+    info = torch.iinfo(target.dtype)
+    if info.min <= ignore_index <= info.max:
+        ignored = target == ignore_index
+    else:
+        ignored = torch.zeros_like(target, dtype=torch.bool)
     # Fast path: two passes over the map and one synchronisation.
-    low, high = torch.stack(torch.where(target == ignore_index, 0, target).aminmax()).tolist()
+    low, high = torch.stack(torch.where(ignored, 0, target).aminmax()).tolist()
     if low >= 0 and (num_classes is None or high < num_classes):
         return
-    bad = (target < 0) & (target != ignore_index)
+    bad = (target < 0) & ~ignored
     if num_classes is not None:
-        bad |= (target >= num_classes) & (target != ignore_index)
+        bad |= (target >= num_classes) & ~ignored
     values = torch.unique(target[bad])[:8].tolist()
     upper = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
     raise ValueError(

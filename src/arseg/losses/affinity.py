@@ -98,9 +98,10 @@ def label_affinity(
     grids = normalize_scales(scales)
     labels = sample_target(target, grids, size if size is not None else tuple(target.shape[-2:]))
     valid = labels != ignore_index
-    num_classes = int(labels[valid].max()) + 1 if bool(valid.any()) else 1
-    y_t = one_hot_t(labels, valid, num_classes, torch.float32)
-    return y_t.transpose(1, 2) @ y_t, valid
+    # Compared pairwise, not through a one-hot: memory B * N^2 whatever the label values.
+    same = labels.unsqueeze(2) == labels.unsqueeze(1)
+    pair_valid = valid.unsqueeze(2) & valid.unsqueeze(1)
+    return (same & pair_valid).to(torch.float32), valid
 
 
 def sqrt_affinity(logits: Tensor, *, scales: ScalesArg = (12, 6)) -> Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -43,7 +44,7 @@ class ARLoss(nn.Module):
     Shape:
         - logits: (B, C, h, w), float16 / bfloat16 / float32 / float64.
         - target: (B, H, W), integer; H, W may differ from h, w.
-        - output: scalar float32 ((B,) for ``reduction="none"``).
+        - output: scalar float32 ((B,) for ``reduction="none"``); float64 for float64 logits.
 
     ``forward`` also accepts and ignores ``weight=None`` and any keyword (e.g. ``ignore_index``),
     the way mmsegmentation decode heads call their losses; the module's own ``ignore_index``
@@ -112,8 +113,8 @@ class CEARLossOutput(NamedTuple):
 class CEARLoss(nn.Module):
     """Cross-entropy plus ``lambda_ar`` times the AR loss, the paper's training objective.
 
-    CE is the usual per-pixel cross-entropy at the label resolution: when the logits are smaller
-    than the target they are bilinearly resized (``align_corners=False``) to (H, W) first; with
+    CE is the usual per-pixel cross-entropy at the label resolution: when the logits' size differs
+    from the target's they are bilinearly resized (``align_corners=False``) to (H, W) first; with
     ``class_weight`` it is the weighted mean over non-ignored pixels (as ``F.cross_entropy``).
     AR samples the logits and the target directly at the same scene points (no resize). A batch
     without any labelled pixel gives ``ce = ar = 0`` with zero gradients.
@@ -127,7 +128,7 @@ class CEARLoss(nn.Module):
 
     Shape:
         - logits: (B, C, h, w) float; target: (B, H, W) integer.
-        - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors.
+        - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors (float64 for float64 logits).
 
     Example:
         >>> criterion = CEARLoss(lambda_ar=0.1)
@@ -149,8 +150,8 @@ class CEARLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(scales, ignore_index, "mean", method)
-        if float(lambda_ar) < 0:
-            raise ValueError(f"lambda_ar must be >= 0, got {lambda_ar}")
+        if not math.isfinite(float(lambda_ar)) or float(lambda_ar) < 0:
+            raise ValueError(f"lambda_ar must be a finite number >= 0, got {lambda_ar}")
         self.lambda_ar = float(lambda_ar)
         self.ignore_index = ignore_index
         self.scales = scales

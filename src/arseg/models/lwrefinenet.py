@@ -25,11 +25,11 @@ from .registry import register_model
 __all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2"]
 
 
-def _check_decoder_channels(value: object) -> None:
+def _check_positive_int(value: object, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"decoder_channels must be an int, got {type(value).__name__}")
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"decoder_channels must be >= 1, got {value}")
+        raise ValueError(f"{name} must be >= 1, got {value}")
 
 
 def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
@@ -90,7 +90,8 @@ class LWRefineNet(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        _check_decoder_channels(decoder_channels)
+        _check_positive_int(decoder_channels, "decoder_channels")
+        _check_positive_int(crp_stages, "crp_stages")
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = create_resnet_encoder(encoder, pretrained=pretrained)
@@ -192,7 +193,8 @@ class LWRefineNetMobileNetV2(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        _check_decoder_channels(decoder_channels)
+        _check_positive_int(decoder_channels, "decoder_channels")
+        _check_positive_int(crp_stages, "crp_stages")
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = timm.create_model(

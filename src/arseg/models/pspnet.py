@@ -98,7 +98,11 @@ class PSPNet(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        if not bins or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins):
+        if (
+            not isinstance(bins, Sequence)
+            or not bins
+            or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in bins)
+        ):
             raise ValueError(f"bins must be a non-empty sequence of positive ints, got {bins!r}")
         self.output_stride = 8
         self.encoder = create_resnet_encoder(
