@@ -128,7 +128,8 @@ class CEARLoss(nn.Module):
 
     Shape:
         - logits: (B, C, h, w) float; target: (B, H, W) integer.
-        - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors (float64 for float64 logits).
+        - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors
+          (float64 for float64 logits).
 
     Example:
         >>> criterion = CEARLoss(lambda_ar=0.1)
