@@ -5,7 +5,7 @@ worker processes and prints images/s side by side with the ratio 2 workers / 0 w
 The first batch (worker start-up) is not timed.
 
 * ``camvid decode``      PNG decode + label check/mapping only (full 360x480, no transform)
-* ``camvid recipe``      the configs/camvid recipe: scale 0.375-0.75, crop 180x240, flip, normalise
+* ``camvid half-res``    scale 0.375-0.75, crop 180x240 (half resolution), flip, normalise
 * ``camvid full-res``    scale 0.5-2.0, crop 360x480, flip, normalise (the paper's style)
 * ``synthetic 64``       synthetic scenes generated at 64x64 (the CPU demo), eval transform
 
@@ -74,7 +74,7 @@ def main() -> None:
     if (Path(args.camvid) / "train.txt").is_file():
         root = args.camvid
         pipelines["camvid decode"] = _Raw(build_dataset("camvid", root=root, split="train"))
-        pipelines["camvid recipe"] = build_dataset(
+        pipelines["camvid half-res"] = build_dataset(
             "camvid",
             root=root,
             split="train",

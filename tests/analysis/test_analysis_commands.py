@@ -86,6 +86,47 @@ def test_trend_start_from_baseline(tmp_path, make_run, capsys):
     assert "best checkpoint of base" in capsys.readouterr().out
 
 
+def test_trend_finds_a_relative_init_from_beside_a_moved_run(
+    tmp_path, make_run, capsys, monkeypatch
+):
+    """init_from is written relative to where the fine-tune ran; the runs may be copied since."""
+    import yaml
+
+    base = make_run(tmp_path / "copy" / "study" / "base", epochs=2)
+    fine = make_run(tmp_path / "copy" / "study" / "fine", seed=1)
+    config = yaml.safe_load((fine / "config.yaml").read_text())
+    config["init_from"] = "runs/study/base/checkpoints/last.ckpt"  # as launched, elsewhere
+    (fine / "config.yaml").write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    assert main(["trend", str(fine), "--json", str(tmp_path / "t.json")]) == 0
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["val_ar_start"] == pytest.approx(0.185)  # the baseline's last val/ar
+    assert data["val_ar_start_source"] == f"last checkpoint of {base.name}"
+    # not found anywhere: the first epoch, with a warning
+    config["init_from"] = "runs/gone/checkpoints/last.ckpt"
+    (fine / "config.yaml").write_text(yaml.safe_dump(config))
+    assert main(["trend", str(fine), "--json", str(tmp_path / "t.json")]) == 0
+    assert json.loads((tmp_path / "t.json").read_text())["val_ar_start_source"] == "first epoch"
+    assert "init_from runs/gone/checkpoints/last.ckpt not found" in capsys.readouterr().err
+
+
+def test_distinct_labels():
+    from arseg.analysis.runs import distinct_labels
+
+    assert distinct_labels(["r/ce/seed1", "r/ar/seed1", "r/base"]) == [
+        "ce/seed1",
+        "ar/seed1",
+        "base",
+    ]
+    assert distinct_labels(["a/x/s", "b/x/s"]) == ["a/x/s", "b/x/s"]
+    assert distinct_labels(["r/a", "r/a"])[1].endswith("r/a (2)")
+    assert distinct_labels(["a", "b"], ["A", "B"]) == ["A", "B"]
+    with pytest.raises(ValueError, match="more than once"):
+        distinct_labels(["a", "b"], ["same", "same"])
+    with pytest.raises(ValueError, match="2 labels for 3 runs"):
+        distinct_labels(["a", "b", "c"], ["A", "B"])
+
+
 def test_trend_command_errors(tmp_path, fake_run, capsys):
     assert main(["trend", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -103,6 +144,14 @@ def test_curves_command(fake_arms, tmp_path):
     _png_is_not_blank(out)
     svg = out.with_suffix(".svg").read_text()
     assert "<svg" in svg and "val mIoU (%)" in svg and "iteration" in svg
+
+
+def test_compare_says_when_seeds_do_not_match(tmp_path, make_run, capsys):
+    for seed in (0, 1):
+        make_run(tmp_path / "a" / f"s{seed}", seed=seed)
+        make_run(tmp_path / "b" / f"s{seed}", seed=seed + 1, accuracy=0.75)
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--n-boot", "100"]) == 0
+    assert "paired by order (the seeds differ: A [0, 1], B [1, 2])" in capsys.readouterr().out
 
 
 def test_compare_command_reproducible(fake_arms, tmp_path, capsys):
@@ -196,3 +245,21 @@ def test_report_without_checkpoints(fake_arms, tmp_path, capsys):
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         _png_is_not_blank(out / link)
     assert "checkpoints" in capsys.readouterr().err  # heat maps skipped, with the reason
+    # Markdown tables stay tables: the '|' of Pr(>|t|) is escaped
+    assert r"Pr(>\|t\|)" in md
+
+
+def test_report_and_curves_keep_runs_with_the_same_directory_name(fake_arms, tmp_path, capsys):
+    ce, ar = fake_arms
+    out = tmp_path / "report"
+    args = ["report", str(ce / "seed0"), str(ar / "seed0"), "-o", str(out), "--n-boot", "100"]
+    assert main(args) == 0
+    page = (out / "report.html").read_text()
+    assert "<td>ce/seed0</td>" in page and "<td>ar/seed0</td>" in page
+    assert "ar/seed0 vs ce/seed0" in page
+    assert main([*args, "--labels", "x", "x"]) == 2
+    assert "more than once" in capsys.readouterr().err
+    code = main(["curves", str(ce / "seed0"), str(ar / "seed0"), "-o", str(tmp_path / "c.png")])
+    assert code == 0
+    svg = (tmp_path / "c.svg").read_text()
+    assert "ce/seed0" in svg and "ar/seed0" in svg

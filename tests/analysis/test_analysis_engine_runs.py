@@ -111,7 +111,9 @@ def test_affinity_on_engine_checkpoints(trained_runs, tmp_path, capsys):
     )
     _not_blank(out)
     text = capsys.readouterr().out
-    losses = [float(v) for v in re.findall(r"(?:baseline|\+AR): ([0-9.]+)", text)]
+    # default names: the run directory, and run/last for a checkpoint file
+    names = f"(?:{re.escape(base.name)}|{re.escape(fine.name)}/last)"
+    losses = [float(v) for v in re.findall(names + r": ([0-9.]+)", text)]
     assert len(losses) == 4 and all(0 <= v <= 1 for v in losses)
     # the printed AR loss is the model's own AR loss on that image
     from arseg.analysis.affinity import dataset_samples, model_logits

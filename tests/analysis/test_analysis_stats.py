@@ -119,6 +119,8 @@ def test_bootstrap_point_estimate_and_interval(make_confusions):
     assert res.delta == pytest.approx(res.miou_b - res.miou_a)
     assert res.ci_low < res.delta < res.ci_high
     assert res.ci_low > 0 and res.excludes_zero and res.p_value < 0.01
+    # every resample favours B: p is the resolution of the bootstrap, not 0
+    assert res.p_value == pytest.approx(2 / (res.n_boot + 1))
     # per-class differences are the pooled per-class IoU differences
     direct = iou_from_confusion(b.sum(0)) - iou_from_confusion(a.sum(0))
     assert np.allclose([c.delta for c in res.per_class], direct)

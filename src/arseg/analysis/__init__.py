@@ -20,6 +20,7 @@ _EXPORTS = {
     "Run": "runs",
     "RunError": "runs",
     "load_run": "runs",
+    "distinct_labels": "runs",
     "expand_run_group": "runs",
     "ols_trend": "stats",
     "paired_bootstrap": "stats",

@@ -51,14 +51,15 @@ def _affinity(args: argparse.Namespace) -> int:
         load_models_and_dataset,
     )
     from arseg.analysis.figures import save_figure
+    from arseg.analysis.runs import distinct_labels
 
-    labels = args.labels or (["baseline", "+AR"] if len(args.checkpoints) == 2 else None)
-    if labels is None:
-        labels = [_checkpoint_label(Path(c)) for c in args.checkpoints]
-    if len(labels) != len(args.checkpoints):
-        return _fail(
-            ValueError(f"got {len(labels)} labels for {len(args.checkpoints)} checkpoints")
-        )
+    try:
+        labels = distinct_labels(args.checkpoints, args.labels)
+    except ValueError as err:
+        return _fail(err)
+    if args.labels is None:
+        defaults = [_checkpoint_label(Path(c)) for c in args.checkpoints]
+        labels = defaults if len(set(defaults)) == len(defaults) else labels
     try:
         models, _, dataset = load_models_and_dataset(args.checkpoints, split=args.split)
         samples = dataset_samples(dataset, args.images)
@@ -81,15 +82,13 @@ def _affinity(args: argparse.Namespace) -> int:
 def _curves(args: argparse.Namespace) -> int:
     from arseg.analysis.figures import plot_curves, save_figure
     from arseg.analysis.report import curve_data
-    from arseg.analysis.runs import RunError, load_run
+    from arseg.analysis.runs import RunError, distinct_labels, load_run
 
     try:
         runs = [load_run(p) for p in args.runs]
-    except RunError as err:
+        labels = distinct_labels(args.runs, args.labels)
+    except (RunError, ValueError) as err:
         return _fail(err)
-    if args.labels and len(args.labels) != len(runs):
-        return _fail(ValueError(f"got {len(args.labels)} labels for {len(runs)} runs"))
-    labels = args.labels or [r.label for r in runs]
     curves = {}
     for label, run in zip(labels, runs):
         try:
@@ -149,9 +148,11 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from arseg.analysis.report import build_report
-    from arseg.analysis.runs import RunError
+    from arseg.analysis.runs import RunError, distinct_labels
 
     try:
+        if args.labels is not None:
+            distinct_labels(args.runs, args.labels)  # a clear error before any work
         paths = build_report(
             args.runs,
             args.out,
@@ -164,7 +165,7 @@ def _report(args: argparse.Namespace) -> int:
             seed=args.seed,
             scales=args.scales,
         )
-    except RunError as err:
+    except (RunError, ValueError) as err:
         return _fail(err)
     print(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
     return 0
@@ -198,7 +199,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--split", default="val", help="dataset split of the first checkpoint's config")
     p.add_argument(
-        "--labels", nargs="+", help="names of the models (default: baseline, +AR for two)"
+        "--labels", nargs="+", help="names of the models (default: run/best, run/last, ...)"
     )
     p.add_argument("--scales", type=_scales, default=[12, 6], help="sampling grids, e.g. '12,6'")
     p.add_argument("--no-grid", action="store_true", help="do not draw the sampled points")
@@ -213,7 +214,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "more runs on one figure (e.g. CE-only vs +AR fine-tunes); writes PNG and SVG.",
     )
     p.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
-    p.add_argument("--labels", nargs="+", help="legend names (default: directory names)")
+    p.add_argument(
+        "--labels", nargs="+", help="legend names (default: directory names, made distinct)"
+    )
     p.add_argument("--miou-key", default="val/miou", help="metrics.csv column of the mIoU")
     p.add_argument("--ar-key", default="train/ar", help="metrics.csv column of the AR loss")
     p.add_argument(
@@ -280,7 +283,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "runs", nargs="+", metavar="RUN", help="run directories; the first is the reference"
     )
     p.add_argument("--out", "-o", default="report", help="output directory")
-    p.add_argument("--labels", nargs="+", help="display names of the runs")
+    p.add_argument(
+        "--labels", nargs="+", help="display names (default: directory names, made distinct)"
+    )
     p.add_argument("--title", default="arseg report", help="page title")
     p.add_argument("--num-images", type=int, default=3, help="images in heat maps and overlays")
     p.add_argument("--split", default="val", help="dataset split for heat maps and overlays")

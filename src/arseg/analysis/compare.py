@@ -108,6 +108,9 @@ def _pair(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[Run], list[Run], s
     ):
         by_seed = {r.seed: r for r in runs_b}
         return runs_a, [by_seed[r.seed] for r in runs_a], "seed"
+    if None not in seeds_a and None not in seeds_b and len(runs_a) == len(runs_b) > 1:
+        # Seeds are known but do not match one to one: say so rather than pair silently.
+        return runs_a, runs_b, f"order (the seeds differ: A {seeds_a}, B {seeds_b})"
     return runs_a, runs_b, "order"
 
 

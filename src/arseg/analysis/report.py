@@ -99,19 +99,50 @@ class TrendReport:
         }
 
 
+def _locate_run_dir(written: Path, run: Run) -> Path | None:
+    """Where the run directory ``written`` (from ``run``'s config) is now.
+
+    As written (absolute, or relative to the current directory) first; a relative path was
+    relative to wherever the fine-tune was launched, so it is then looked for beside the run:
+    under each ancestor of the run directory (nearest first), with its leading folders dropped
+    one by one (``runs/camvid/baseline`` is found as ``camvid/baseline`` next to a copied
+    ``camvid/ar_s1``). Only directories holding a ``metrics.csv`` count.
+    """
+    if (written / "metrics.csv").is_file():
+        return written
+    if written.is_absolute():
+        return None
+    parts = written.parts
+    here = run.path.resolve()
+    for ancestor in here.parents:
+        for k in range(len(parts)):
+            candidate = ancestor.joinpath(*parts[k:])
+            if (candidate / "metrics.csv").is_file() and candidate.resolve() != here:
+                return candidate
+    return None
+
+
 def _init_source(run: Run) -> tuple[Run, str] | None:
     """The run a fine-tune was initialised from (config ``init_from``) and which checkpoint."""
     init = run.config.get("init_from")
     if not init:
         return None
-    path = Path(str(init))
-    if path.suffix == ".ckpt":
-        base, which = path.parent.parent, path.stem
-    else:
-        base, which = path, "best"
-    if not (base / "metrics.csv").is_file():
+    written = Path(str(init))
+    base = written.parent.parent if written.suffix == ".ckpt" else written
+    found = _locate_run_dir(base, run)
+    if found is None:
+        _warn(
+            f"{run.label}: init_from {written} not found (no metrics.csv in {base}); "
+            "the val start is its first epoch"
+        )
         return None
-    return Run(base), which
+    return Run(found), _init_which(run)
+
+
+def _init_which(run: Run) -> str:
+    """``best`` or ``last``: which checkpoint the config's ``init_from`` names (default best)."""
+    init = Path(str(run.config.get("init_from") or ""))
+    return init.stem if init.suffix == ".ckpt" and init.stem in ("best", "last") else "best"
 
 
 def _val_at_checkpoint(base: Run, which: str, val_key: str, miou_key: str = "val/miou") -> float:
@@ -157,7 +188,7 @@ def trend_of_run(
     if run.has_series(val_key):
         val = run.series(val_key, index="step")
         end = float(val.iloc[-1])
-        init = (start_from, "best") if start_from is not None else _init_source(run)
+        init = _init_source(run) if start_from is None else (start_from, _init_which(run))
         if init is not None and init[0].has_series(val_key):
             base, which = init
             start = _val_at_checkpoint(base, which, val_key)
@@ -212,9 +243,9 @@ class _Page:
             "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows
         )
         self.html.append(f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>")
-        self.md.append("| " + " | ".join(header) + " |")
+        self.md.append("| " + " | ".join(map(_md_cell, header)) + " |")
         self.md.append("|" + "|".join(" --- " for _ in header) + "|")
-        self.md += ["| " + " | ".join(row) + " |" for row in rows]
+        self.md += ["| " + " | ".join(map(_md_cell, row)) + " |" for row in rows]
         self.md.append("")
 
     def figure(self, fig, name: str, caption: str) -> None:
@@ -274,8 +305,13 @@ class ReportPaths:
     figures: list[Path]
 
 
+def _md_cell(text: str) -> str:
+    """A Markdown table cell: ``|`` escaped (it would start a new column), no line breaks."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def _warn(msg: str) -> None:
-    print(f"arseg report: {msg}", file=sys.stderr)
+    print(f"warning: {msg}", file=sys.stderr)
 
 
 def build_report(
@@ -296,22 +332,25 @@ def build_report(
     Args:
         runs: run directories; the first is the reference (baseline) of the comparisons and the
             first prediction column.
-        labels: display names (default: directory names).
+        labels: display names, all different (default: the directory names, with parent
+            folders added where two are the same).
         num_images: validation images in the heat maps and overlays (0 = none).
         images: load checkpoints to draw heat maps and overlays (needs the engine and the data).
         n_boot, seed: bootstrap settings of the comparisons.
     """
     from arseg import __version__
-    from arseg.analysis.runs import load_run
+    from arseg.analysis.runs import distinct_labels, load_run
 
     runs = [r if isinstance(r, Run) else load_run(r) for r in runs]
     if not runs:
         raise ValueError("build_report needs at least one run")
-    if labels is not None:
-        if len(labels) != len(runs):
-            raise ValueError(f"got {len(labels)} labels for {len(runs)} runs")
-        for run, label in zip(runs, labels):
-            run.label = label
+    current = [r.label for r in runs]
+    if labels is None and len(set(current)) < len(current):
+        labels = distinct_labels([r.path for r in runs])
+    elif labels is not None:
+        labels = distinct_labels([r.path for r in runs], labels)
+    for run, label in zip(runs, labels or current):
+        run.label = label
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     page = _Page(out_dir / "figures", out_dir)

@@ -34,6 +34,7 @@ import yaml
 __all__ = [
     "Run",
     "RunError",
+    "distinct_labels",
     "expand_run_group",
     "find_key",
     "load_run",
@@ -223,6 +224,48 @@ class Run:
         if "wall_time_s" in self.summary:
             out["wall time (s)"] = float(self.summary["wall_time_s"])
         return out
+
+
+def distinct_labels(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
+    """Display names for ``paths``, one each and all different.
+
+    Figures and tables key their rows by these names, so two equal names would silently put one
+    run in place of the other. Given ``labels`` are checked (one per path, no repeats); by default
+    each path is named by its last folder, extended with parent folders where names collide
+    (``ce/seed1`` and ``ar/seed1`` rather than ``seed1`` twice).
+
+    Raises:
+        ValueError: ``labels`` has the wrong length or a repeated name.
+
+    Example:
+        >>> distinct_labels(["runs/ce/seed1", "runs/ar/seed1", "runs/baseline"])
+        ['ce/seed1', 'ar/seed1', 'baseline']
+    """
+    if labels is not None:
+        labels = [str(label) for label in labels]
+        if len(labels) != len(paths):
+            raise ValueError(f"got {len(labels)} labels for {len(paths)} runs")
+        repeated = sorted({label for label in labels if labels.count(label) > 1})
+        if repeated:
+            raise ValueError(f"labels must differ from run to run, got {repeated} more than once")
+        return labels
+    parts = [Path(p).resolve().parts for p in paths]
+    depth = [1] * len(paths)
+    while True:
+        names = ["/".join(pp[-d:]) for pp, d in zip(parts, depth)]
+        clashes = [i for i, n in enumerate(names) if names.count(n) > 1]
+        grow = [i for i in clashes if depth[i] < len(parts[i])]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    # The same directory given twice: number the repeats.
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
 
 
 def load_run(path: str | Path, label: str | None = None) -> Run:

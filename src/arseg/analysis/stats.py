@@ -214,7 +214,8 @@ class BootstrapResult:
     """Paired bootstrap of the mIoU difference ``B - A`` over validation images.
 
     ``delta``, ``ci_low``, ``ci_high`` are in IoU units (0..1); ``p_value`` is the two-sided
-    bootstrap p value ``2 * min(P*(d <= 0), P*(d >= 0))`` (capped at 1).
+    bootstrap p value ``2 * (1 + min(#(d <= 0), #(d >= 0))) / (1 + n_boot)`` (capped at 1; at
+    least ``2 / (1 + n_boot)``, the resolution of the resampling).
     """
 
     miou_a: float
@@ -369,7 +370,9 @@ def paired_bootstrap(
     alpha = (1.0 - level) / 2.0
     lo, hi = np.nanquantile(deltas, [alpha, 1.0 - alpha])
     finite = deltas[np.isfinite(deltas)]
-    p = min(1.0, 2.0 * min(np.mean(finite <= 0), np.mean(finite >= 0))) if finite.size else math.nan
+    # (1 + count) / (1 + n): a p value the resampling can support, never exactly 0
+    tail = min(np.sum(finite <= 0), np.sum(finite >= 0))
+    p = min(1.0, 2.0 * (1 + tail) / (1 + finite.size)) if finite.size else math.nan
     per_class = []
     for k, name in enumerate(names):
         col = cls_deltas[:, k]

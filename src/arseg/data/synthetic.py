@@ -40,13 +40,16 @@ from .registry import register_dataset
 from .transforms import IGNORE_INDEX, build_eval_transform
 
 SYNTHETIC_CLASSES: tuple[str, ...] = ("background", "disc", "box", "frame", "core", "pond")
+# Label colours (not the rendered image colours): grey and five Okabe-Ito colours, so that
+# prediction maps stay readable with colour-vision deficiencies (disc/box and core/pond, the
+# pairs the image colours cannot tell apart, get contrasting hues).
 SYNTHETIC_PALETTE: list[tuple[int, int, int]] = [
-    (90, 90, 90),
-    (220, 20, 60),
-    (255, 140, 0),
-    (34, 139, 34),
-    (30, 144, 255),
-    (0, 0, 139),
+    (120, 120, 120),  # background: grey
+    (213, 94, 0),  # disc: vermillion
+    (86, 180, 233),  # box: sky blue
+    (0, 158, 115),  # frame: bluish green
+    (240, 228, 66),  # core: yellow
+    (204, 121, 167),  # pond: reddish purple
 ]
 BACKGROUND, DISC, BOX, FRAME, CORE, POND = range(6)
 
