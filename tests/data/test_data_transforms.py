@@ -156,3 +156,20 @@ def test_bad_inputs_raise_clear_errors():
         build_train_transform(crop_size=8, scale_range=(2.0, 1.0))
     with pytest.raises(ValueError, match="positive"):
         build_eval_transform(resize=-1)
+
+
+def test_read_image_scales_16_bit_grey_and_converts_other_modes(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from arseg.data.base import read_image
+
+    grey16 = np.array([[0, 257, 65535]], dtype=np.uint16)
+    Image.fromarray(grey16).save(tmp_path / "g16.png")
+    assert read_image(tmp_path / "g16.png").tolist() == [[[0] * 3, [1] * 3, [255] * 3]]
+    Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tif")
+    assert read_image(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]
+    rgba = np.zeros((1, 2, 4), dtype=np.uint8)
+    rgba[..., :3] = 200
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert read_image(tmp_path / "rgba.png").shape == (1, 2, 3)

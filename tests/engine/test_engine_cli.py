@@ -153,6 +153,16 @@ def test_fit_finetune_eval_predict(tmp_path, tiny_config, capsys):
     assert label.shape == (30, 41) and label.max() < 6
     assert Image.open(tmp_path / "pred" / "im1_overlay.png").size == (41, 30)
     assert Image.open(tmp_path / "pred" / "im1_color.png").mode == "RGB"
+    # two inputs with one name keep both outputs; 16-bit grey input is scaled, not clipped
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    Image.fromarray(np.zeros((30, 41, 3), dtype=np.uint8)).save(odd / "a.png")
+    Image.fromarray(np.zeros((30, 41, 3), dtype=np.uint8)).save(odd / "a.jpg")
+    grey16 = np.linspace(0, 65535, 30 * 41).reshape(30, 41).astype(np.uint16)
+    Image.fromarray(grey16).save(odd / "deep.png")
+    assert main(["predict", str(ft), str(odd), "--out", str(tmp_path / "pred2")]) == 0
+    names = sorted(p.name for p in (tmp_path / "pred2").glob("*_overlay.png"))
+    assert names == ["a_jpg_overlay.png", "a_png_overlay.png", "deep_overlay.png"]
 
 
 @pytest.fixture
@@ -222,8 +232,56 @@ def test_checkpoint_config_mismatch_is_a_clear_error(tmp_path, tiny_config, trai
     bogus.write_bytes(b"not a checkpoint")
     rc = main(["finetune", str(cfg), "--init-from", str(bogus), "--run-dir", str(tmp_path / "d")])
     assert rc == 2 and "weights_only=True" in capsys.readouterr().err
-    # nothing was trained into the failed run directories
-    assert not (tmp_path / "a" / "checkpoints" / "last.ckpt").exists()
+    # nothing was written into the failed run directories: a retry starts cleanly
+    for name in "abcd":
+        assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
+
+
+def test_failed_starts_leave_run_directories_untouched(tmp_path, tiny_config, trained_run, capsys):
+    cfg = tiny_config()
+    before = sorted(p.relative_to(trained_run) for p in trained_run.rglob("*"))
+    config_text = (trained_run / "config.yaml").read_text()
+    capsys.readouterr()
+    # --overwrite of the very run --init-from reads: refused before anything is deleted
+    rc = main(
+        [
+            "finetune",
+            str(cfg),
+            "--init-from",
+            str(trained_run),
+            "--run-dir",
+            str(trained_run),
+            "--overwrite",
+        ]
+    )
+    assert rc == 2 and "which --overwrite would clear" in capsys.readouterr().err
+    # --overwrite with a missing --init-from: the error comes first, nothing is cleared
+    rc = main(
+        [
+            "finetune",
+            str(cfg),
+            "--init-from",
+            str(tmp_path / "nope"),
+            "--run-dir",
+            str(trained_run),
+            "--overwrite",
+        ]
+    )
+    assert rc == 2 and "not found" in capsys.readouterr().err
+    # --resume with a config that does not match the checkpoint: refused, config.yaml kept
+    rc = main(
+        [
+            "fit",
+            str(cfg),
+            "--run-dir",
+            str(trained_run),
+            "--resume",
+            "model.options.decoder_channels=16",
+        ]
+    )
+    assert rc == 2 and "model.options" in capsys.readouterr().err
+    assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before
+    assert (trained_run / "config.yaml").read_text() == config_text
 
 
 def test_run_dir_errors_before_training(tmp_path, tiny_config, trained_run, capsys, monkeypatch):
@@ -280,3 +338,26 @@ def test_bf16_mixed_precision_trains_with_float32_losses(tmp_path, tiny_config):
         ce, ar, total = float(r["train/ce"]), float(r["train/ar"]), float(r["train/loss"])
         assert np.isfinite([ce, ar, total]).all() and 0 < ar < 1
         assert total == pytest.approx(ce + 0.1 * ar, rel=1e-6)  # float32 arithmetic, not bf16
+
+
+def test_eval_options_are_validated_with_the_run_config(trained_run, capsys):
+    capsys.readouterr()
+    # the run's config has no eval.window: --mode slide alone cannot run
+    assert main(["eval", str(trained_run), "--mode", "slide"]) == 2
+    assert "eval.window" in capsys.readouterr().err
+    args = ["eval", str(trained_run), "--mode", "slide", "--window", "16", "16"]
+    assert main([*args, "--stride", "20", "20"]) == 2
+    assert "must not exceed eval.window" in capsys.readouterr().err
+    assert main(["eval", str(trained_run), "--scales", "0"]) == 2
+    assert "eval.scales" in capsys.readouterr().err
+
+
+def test_demo_never_deletes_a_run_it_did_not_write(tmp_path, trained_run, capsys):
+    import shutil as sh
+
+    out = tmp_path / "runs"
+    sh.copytree(trained_run, out / "baseline")  # somebody's own run where the demo would write
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out)]) == 2
+    assert "was not written by arseg demo" in capsys.readouterr().err
+    assert (out / "baseline" / "checkpoints" / "last.ckpt").is_file()

@@ -51,11 +51,34 @@ def test_int_is_accepted_for_float_keys():
         ("loss.lambda_ar=-1", "lambda_ar"),
         ("data.crop_size=[0, 4]", "crop_size"),
         ("eval.mode=slide", "eval.window"),
+        ("optim.lr=null", r"optim\.lr.* cannot be null"),
+        ("loss.lambda_ar=null", "cannot be null"),
+        ("data.batch_size=null", "cannot be null"),
+        ("seed=null", "cannot be null"),
+        ("trainer.num_threads=two", r"num_threads.* expects int or null, got str"),
+        ("trainer.checkpoint_every_n_steps=abc", "checkpoint_every_n_steps"),
+        ("trainer.checkpoint_every_n_steps=0", "must be >= 1 or null"),
+        ("trainer.limit_train_batches=abc", "limit_train_batches"),
+        ("loss.class_weight=5", r"class_weight.* expects list or tuple or null"),
+        ("loss.class_weight=[1, a]", "list of numbers >= 0"),
+        ("loss.scales=[12, 0]", "'loss.scales'.*positive"),
+        ("data.scale_range=[a, b]", "scale_range"),
+        ("eval.window=[20, 20]", None),
     ],
 )
 def test_bad_overrides_are_errors(override, message):
+    if message is None:  # a valid override among the invalid ones: no error
+        load_config(None, [override])
+        return
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
+
+
+def test_nullable_keys_and_stride_longer_than_window():
+    cfg = load_config(None, ["data.scale_range=null", "loss.scales=null", "init_from=null"])
+    assert cfg["data"]["scale_range"] is None and cfg["loss"]["scales"] is None
+    with pytest.raises(ConfigError, match=r"must not exceed eval\.window"):
+        load_config(None, ["eval.window=[20, 20]", "eval.stride=[30, 10]"])
 
 
 def test_base_inheritance_and_unknown_keys_in_files(tmp_path):

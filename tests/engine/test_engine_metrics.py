@@ -75,5 +75,9 @@ def test_predict_logits_modes():
     assert torch.allclose(fl.softmax(1), whole.softmax(1), atol=1e-5)
     with pytest.raises(ValueError, match="window"):
         predict_logits(model, x, mode="slide")
+    # a step longer than the window would leave pixels no window covers (NaN logits)
+    for stride in ((30, 8), (0, 8)):
+        with pytest.raises(ValueError, match="stride must be between 1 and the window"):
+            predict_logits(model, x, mode="slide", window=(12, 16), stride=stride)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         predict_logits(model, x[0])

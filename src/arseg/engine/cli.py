@@ -132,7 +132,16 @@ def _expected_errors() -> tuple[type[Exception], ...]:
     from .config import ConfigError
     from .train import RunDirError
 
-    return (ConfigError, CheckpointMismatchError, RunDirError, FileNotFoundError)
+    # ValueError / TypeError cover the input checks of the datasets (DatasetError), models and
+    # losses: their messages say what was expected and what came, so no traceback is shown.
+    return (
+        ConfigError,
+        CheckpointMismatchError,
+        RunDirError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    )
 
 
 def _cmd_fit(args: argparse.Namespace) -> int:
@@ -159,7 +168,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .config import ConfigError
     from .train import evaluate
 
     eval_over: dict[str, Any] = {}
@@ -181,8 +189,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.num_workers is not None:
         data_over["num_workers"] = args.num_workers
     try:
-        if eval_over.get("mode") == "slide" and "window" not in eval_over:
-            raise ConfigError("--mode slide needs --window H W")
         m = evaluate(
             args.run,
             split=args.split,
@@ -227,7 +233,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     try:
-        run_demo(out=args.out, steps=args.steps, size=args.size, seed=args.seed)
+        run_demo(
+            out=args.out,
+            steps=args.steps,
+            size=args.size,
+            seed=args.seed,
+            overwrite=args.overwrite,
+        )
     except _expected_errors() as err:
         return _fail(err)
     return 0
@@ -334,4 +346,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--size", type=int, default=None, help="image side in pixels (default: built-in)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace run directories under --out that an earlier demo did not write",
+    )
     p.set_defaults(func=_cmd_demo)

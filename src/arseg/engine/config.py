@@ -125,13 +125,52 @@ _OPEN_SECTIONS = {
 _ANY_TYPE = {"trainer.deterministic", "trainer.devices", "trainer.precision", "trainer.strategy"}
 
 
+# Keys that may be set to null (YAML ``null`` / ``~``): those whose default is None, and these.
+_NULLABLE = {"data.scale_range", "loss.scales"}
+
+# The type of each key whose default is None (any type would otherwise pass).
+_TYPES_OF_NONE_DEFAULTS: dict[str, tuple[type, ...]] = {
+    "run_dir": (str,),
+    "init_from": (str,),
+    "model.num_classes": (int,),
+    "data.root": (str,),
+    "data.eval_resize": (list, tuple),
+    "loss.class_weight": (list, tuple),
+    "trainer.checkpoint_every_n_steps": (int,),
+    "trainer.limit_train_batches": (int, float),
+    "trainer.limit_val_batches": (int, float),
+    "trainer.gradient_clip_val": (int, float),
+    "trainer.num_threads": (int,),
+    "eval.window": (list, tuple),
+    "eval.stride": (list, tuple),
+}
+
+
 def _where(source: str | None) -> str:
     return f" (from {source})" if source else ""
 
 
 def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
-    if default is None or value is None or path in _ANY_TYPE:
+    if path in _ANY_TYPE:
         return value
+    if value is None:
+        if default is None or path in _NULLABLE:
+            return value
+        raise ConfigError(
+            f"config key '{path}'{_where(source)} cannot be null: it expects a "
+            f"{type(default).__name__} (default {default!r})"
+        )
+    if default is None:
+        types = _TYPES_OF_NONE_DEFAULTS.get(path)
+        if types is None:
+            return value
+        if isinstance(value, bool) or not isinstance(value, types):
+            names = " or ".join(tp.__name__ for tp in types)
+            raise ConfigError(
+                f"config key '{path}'{_where(source)} expects {names} or null, "
+                f"got {type(value).__name__} {value!r}"
+            )
+        return list(value) if isinstance(value, tuple) else value
     ok: bool
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -258,6 +297,10 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
     return nested
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """Check the values that must be consistent with each other; returns ``cfg``."""
 
@@ -277,11 +320,35 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
     pair("data.eval_resize", cfg["data"]["eval_resize"])
     pair("eval.window", cfg["eval"]["window"])
     pair("eval.stride", cfg["eval"]["stride"])
+    window, stride = cfg["eval"]["window"], cfg["eval"]["stride"]
+    if window is not None and stride is not None and any(s > w for s, w in zip(stride, window)):
+        raise ConfigError(
+            f"config key 'eval.stride' {stride} must not exceed eval.window {window} (a longer "
+            "step would leave pixels no window covers)"
+        )
     sr = cfg["data"]["scale_range"]
-    if sr is not None and (len(sr) != 2 or not (0 < sr[0] <= sr[1])):
+    if sr is not None and (
+        len(sr) != 2 or not all(_is_number(v) for v in sr) or not (0 < sr[0] <= sr[1])
+    ):
         raise ConfigError(
             f"config key 'data.scale_range' expects [low, high] with 0 < low <= high, got {sr!r}"
         )
+    weights = cfg["loss"]["class_weight"]
+    if weights is not None and not all(_is_number(v) and v >= 0 for v in weights):
+        raise ConfigError(
+            f"config key 'loss.class_weight' expects a list of numbers >= 0, got {weights!r}"
+        )
+    if cfg["loss"]["scales"] is not None:
+        from arseg.losses.sampling import normalize_scales
+
+        try:
+            normalize_scales(cfg["loss"]["scales"])
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config key 'loss.scales': {err}") from None
+    for key in ("checkpoint_every_n_steps", "num_threads"):
+        value = cfg["trainer"][key]
+        if value is not None and value < 1:
+            raise ConfigError(f"config key 'trainer.{key}' must be >= 1 or null, got {value}")
     if cfg["loss"]["lambda_ar"] < 0:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"

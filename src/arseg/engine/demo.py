@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from PIL import Image
 
 from .config import load_config
@@ -85,6 +86,22 @@ def _stage_config(
     )
 
 
+def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None:
+    from .train import RunDirError
+
+    for name in stages:
+        run_dir = out / name
+        if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
+            continue
+        config = run_dir / "config.yaml"
+        written_by = yaml.safe_load(config.read_text()).get("name") if config.is_file() else None
+        if written_by != f"demo_{name}":
+            raise RunDirError(
+                f"{run_dir} exists and was not written by arseg demo: choose another --out, or "
+                "pass --overwrite to replace it"
+            )
+
+
 def _write_predictions(out: Path, stages: list[str], cfg: dict[str, Any], count: int = 4) -> None:
     from arseg.data import denormalize
 
@@ -113,8 +130,13 @@ def run_demo(
     steps: int | None = None,
     size: int | None = None,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo; returns ``{stage: metrics}`` (also written to ``out/results.json``)."""
+    """Run the demo; returns ``{stage: metrics}`` (also written to ``out/results.json``).
+
+    An earlier demo's runs under ``out`` are replaced; any other run directory in the way is
+    refused unless ``overwrite`` (the demo never deletes a run it did not write).
+    """
     from .train import evaluate, fit
 
     out = Path(out)
@@ -140,6 +162,7 @@ def run_demo(
             _stage_config(base, out, "finetune_ce", 0.0, ft_steps),
         ),
     ]
+    _check_only_demo_runs(out, [s[0] for s in stages], overwrite)
     results: dict[str, Any] = {}
     for i, (name, title, cfg) in enumerate(stages, 1):
         n = cfg["trainer"]["max_steps"]

@@ -90,7 +90,7 @@ def predict_logits(
         flip: also run horizontally flipped images.
         mode: ``"whole"`` (one pass per scale) or ``"slide"`` (windows of ``window``).
         window: (h, w) of the sliding window, required for ``mode="slide"``.
-        stride: (h, w) of the window step; default two thirds of the window.
+        stride: (h, w) of the window step, 1 .. window per side; default two thirds of the window.
 
     Returns:
         (B, C, H, W) float32 logits. With more than one pass these are the log of the averaged
@@ -112,6 +112,11 @@ def predict_logits(
             if stride is not None
             else (max(1, win[0] * 2 // 3), max(1, win[1] * 2 // 3))
         )
+        if min(win) < 1:
+            raise ValueError(f"window sides must be >= 1, got {win}")
+        if not all(1 <= s <= ws for s, ws in zip(step, win)):
+            # a step longer than the window would leave pixels that no window covers
+            raise ValueError(f"stride must be between 1 and the window {win} per side, got {step}")
 
     h, w = images.shape[-2:]
     passes: list[Tensor] = []

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from arseg.data.base import read_image
 
 from .checkpoint import find_checkpoint, load_checkpoint, load_model
 from .inference import predict_logits
@@ -54,6 +56,15 @@ def _list_inputs(inputs: Path) -> list[Path]:
     return [inputs]
 
 
+def _output_names(files: list[Path]) -> list[str]:
+    """``NAME`` for ``NAME.ext``; ``NAME_ext`` where two inputs share a name (a.png, a.jpg)."""
+    stems = [f.stem for f in files]
+    return [
+        f"{f.stem}_{f.suffix.lstrip('.').lower()}" if stems.count(f.stem) > 1 else f.stem
+        for f in files
+    ]
+
+
 def predict_paths(
     checkpoint: str | Path,
     inputs: str | Path,
@@ -66,7 +77,9 @@ def predict_paths(
     """Segment an image or a folder of images; returns the written ``*_color.png`` paths.
 
     For each input ``NAME.ext`` writes ``NAME_label.png`` (class ids, mode L),
-    ``NAME_color.png`` (palette colours) and ``NAME_overlay.png`` (50 % blend) into ``out``.
+    ``NAME_color.png`` (palette colours) and ``NAME_overlay.png`` (50 % blend) into ``out``
+    (``NAME_ext_*.png`` where two inputs share a name). Grey, RGBA and 16-bit images are read as
+    RGB (:func:`arseg.data.base.read_image`); an unreadable file is a ``DatasetError``.
     """
     from arseg.data import IMAGENET_MEAN, IMAGENET_STD
 
@@ -84,12 +97,8 @@ def predict_paths(
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     written = []
-    for file in files:
-        try:
-            with Image.open(file) as im:
-                rgb = np.array(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError) as err:
-            raise ValueError(f"cannot read image {file}: {err}") from err
+    for file, name in zip(files, _output_names(files)):
+        rgb = read_image(file)
         x = torch.from_numpy(rgb).to(device).permute(2, 0, 1)[None].float().div(255)
         x = (x - mean) / std
         resize = cfg["data"]["eval_resize"]
@@ -104,8 +113,8 @@ def predict_paths(
             )
         labels = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
         color = colorize(labels, palette)
-        Image.fromarray(labels, mode="L").save(out / f"{file.stem}_label.png")
-        Image.fromarray(color).save(out / f"{file.stem}_color.png")
-        Image.fromarray(overlay(rgb, color)).save(out / f"{file.stem}_overlay.png")
-        written.append(out / f"{file.stem}_color.png")
+        Image.fromarray(labels, mode="L").save(out / f"{name}_label.png")
+        Image.fromarray(color).save(out / f"{name}_color.png")
+        Image.fromarray(overlay(rgb, color)).save(out / f"{name}_overlay.png")
+        written.append(out / f"{name}_color.png")
     return written

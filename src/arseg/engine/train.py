@@ -44,7 +44,7 @@ from .checkpoint import (
     load_weights,
     model_state_dict,
 )
-from .config import ConfigError, dump_config
+from .config import ConfigError, dump_config, merge_config, validate_config
 from .datamodule import SeedDataModule, build_eval_dataset
 from .module import SegmentationModule
 
@@ -283,17 +283,31 @@ def _fit(
     n_params = sum(p.numel() for p in module.parameters())
     # best + last (+ a temporary copy while writing), each weights + momentum, plus logs
     need = 3 * 2 * 4 * n_params + 16 * 2**20
+    # Every checkpoint is found, loaded and checked against the config before the run directory
+    # is touched: a failed start must not clear it (--overwrite) or rewrite its config.yaml.
+    num_classes = cfg["model"]["num_classes"]
+    init_ckpt = resume_ckpt = None
+    if cfg["init_from"] and not resume:
+        init = find_checkpoint(cfg["init_from"])
+        if overwrite and init.resolve().is_relative_to(run_dir.resolve()):
+            raise RunDirError(
+                f"--init-from {init} lies inside the run directory {run_dir}, which --overwrite "
+                "would clear: choose another --run-dir"
+            )
+        init_ckpt = load_checkpoint(init)
+        check_compatible(cfg, init_ckpt, num_classes, init)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and rank_zero_only.rank == 0 and last.is_file():
+        resume_ckpt = load_checkpoint(last)
+        check_compatible(cfg, resume_ckpt, num_classes, last)
     ckpt_path = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, need_bytes=need)
 
-    if cfg["init_from"] and ckpt_path is None:
-        init = find_checkpoint(cfg["init_from"])
-        ckpt = load_checkpoint(init)
-        check_compatible(cfg, ckpt, cfg["model"]["num_classes"], init)
-        load_weights(module.model, model_state_dict(ckpt), init)
+    if init_ckpt is not None:
+        load_weights(module.model, model_state_dict(init_ckpt), cfg["init_from"])
     if rank_zero_only.rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
-        if ckpt_path is not None:
-            _truncate_metrics(run_dir, load_checkpoint(ckpt_path))
+        if resume_ckpt is not None:
+            _truncate_metrics(run_dir, resume_ckpt)
 
     tcfg = cfg["trainer"]
     ckpt_dir = run_dir / "checkpoints"
@@ -427,9 +441,8 @@ def _evaluate(
     accelerator: str,
     progress: bool,
 ) -> dict[str, Any]:
-    cfg = copy.deepcopy(cfg)
-    cfg["eval"].update(eval_overrides or {})
-    cfg["data"].update(data_overrides or {})
+    overrides = {"eval": eval_overrides or {}, "data": data_overrides or {}}
+    cfg = validate_config(merge_config(cfg, overrides, source="the evaluation options"))
     if out_dir is None:
         base = Path(ckpt_or_run_dir)
         if not base.is_dir():
