@@ -171,7 +171,7 @@ def plot_affinity(
             raise ValueError(f"model {name!r}: expected {n} affinities and AR losses")
     cols = 2 + len(models)
     fig, axes = plt.subplots(
-        n, cols, figsize=(3.3 * cols + 0.8, 3.3 * n + 0.4), squeeze=False, layout="constrained"
+        n, cols, figsize=(3.3 * cols + 0.8, 3.6 * n + 0.4), squeeze=False, layout="constrained"
     )
     cmap = plt.get_cmap(AFFINITY_CMAP).with_extremes(bad="#9a9a9a")
     im = None
