@@ -160,3 +160,67 @@ def test_factorized_backward_twice_gives_the_same_gradient():
     (first,) = torch.autograd.grad(loss, logits, retain_graph=True)
     (second,) = torch.autograd.grad(loss, logits)
     assert torch.equal(first, second)
+
+
+def numpy_reference(logits, target, scales, ignore_index=255):
+    """The paper's loss written from the README's conventions alone, in numpy loops.
+
+    Shares no code with arseg: cell-centre indices floor((i + 0.5) * size / grid) in floating
+    point, sqrt of a softmax, M_ij = [L_i == L_j], mean over the valid pairs of each image.
+    """
+    import math
+
+    import numpy as np
+
+    z = logits.detach().numpy()
+    t = target.numpy()
+    batch, _, h, w = z.shape
+    big_h, big_w = t.shape[1:]
+    # scales=None: one position per logit cell, i.e. the grid of the logits' own size
+    grids = [(h, w)] if scales is None else [(s, s) if isinstance(s, int) else s for s in scales]
+    out = []
+    for b in range(batch):
+        probs, labels = [], []
+        for gh, gw in grids:
+            for i in range(gh):
+                for j in range(gw):
+                    zi = z[b, :, math.floor((i + 0.5) * h / gh), math.floor((j + 0.5) * w / gw)]
+                    ri = math.floor((i + 0.5) * big_h / gh)
+                    ci = math.floor((j + 0.5) * big_w / gw)
+                    e = np.exp(zi - zi.max())
+                    probs.append(e / e.sum())
+                    labels.append(t[b, ri, ci])
+        keep = [k for k, lab in enumerate(labels) if lab != ignore_index]
+        if not keep:
+            out.append(0.0)
+            continue
+        sq = [np.sqrt(probs[k]) for k in keep]
+        total = 0.0
+        for a, ka in zip(sq, keep):
+            for c, kc in zip(sq, keep):
+                total += (float(a @ c) - float(labels[ka] == labels[kc])) ** 2
+        out.append(total / len(keep) ** 2)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@st.composite
+def any_resolution_cases(draw):
+    """Logits smaller, equal or larger than the label map, any grid."""
+    batch, num_classes = draw(st.integers(1, 2)), draw(st.integers(1, 5))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    big_h, big_w = draw(st.integers(1, 24)), draw(st.integers(1, 24))
+    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    logits = 3 * torch.randn(batch, num_classes, h, w, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, num_classes, (batch, big_h, big_w), generator=gen)
+    target[torch.rand(target.shape, generator=gen) < draw(st.sampled_from([0.0, 0.3]))] = 255
+    return logits, target, draw(SCALES)
+
+
+@settings(max_examples=40, deadline=None)
+@given(any_resolution_cases())
+def test_matches_an_independent_numpy_reference(case):
+    logits, target, scales = case
+    expected = numpy_reference(logits, target, scales)
+    for method in ("explicit", "factorized"):
+        got = ar_loss(logits, target, scales=scales, method=method, reduction="none")
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-10)
