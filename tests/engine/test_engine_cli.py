@@ -184,54 +184,29 @@ def trained_run(tmp_path_factory, tiny_config):
     return run
 
 
+def _finetune(cfg, init_from, run_dir, *extra: str) -> int:
+    return main(
+        ["finetune", str(cfg), "--init-from", str(init_from), "--run-dir", str(run_dir), *extra]
+    )
+
+
 def test_checkpoint_config_mismatch_is_a_clear_error(tmp_path, tiny_config, trained_run, capsys):
     cfg = tiny_config()
     capsys.readouterr()
-    rc = main(
-        [
-            "finetune",
-            str(cfg),
-            "--init-from",
-            str(trained_run),
-            "--run-dir",
-            str(tmp_path / "a"),
-            "model.name=lwrefinenet18",
-        ]
-    )
-    assert rc == 2
+    assert _finetune(cfg, trained_run, tmp_path / "a", "model.name=lwrefinenet18") == 2
     assert (
         "holds a 'lwrefinenet_mbv2' model but the config asks for 'lwrefinenet18'"
         in capsys.readouterr().err
     )
-    rc = main(
-        [
-            "finetune",
-            str(cfg),
-            "--init-from",
-            str(trained_run),
-            "--run-dir",
-            str(tmp_path / "b"),
-            "model.num_classes=4",
-        ]
-    )
-    assert rc == 2 and "model.num_classes=4" in capsys.readouterr().err
-    rc = main(
-        [
-            "finetune",
-            str(cfg),
-            "--init-from",
-            str(trained_run),
-            "--run-dir",
-            str(tmp_path / "c"),
-            "model.options.decoder_channels=16",
-        ]
-    )
-    assert rc == 2 and "model.options" in capsys.readouterr().err
+    assert _finetune(cfg, trained_run, tmp_path / "b", "model.num_classes=4") == 2
+    assert "model.num_classes=4" in capsys.readouterr().err
+    assert _finetune(cfg, trained_run, tmp_path / "c", "model.options.decoder_channels=16") == 2
+    assert "model.options" in capsys.readouterr().err
     # not a checkpoint at all
     bogus = tmp_path / "bogus.ckpt"
     bogus.write_bytes(b"not a checkpoint")
-    rc = main(["finetune", str(cfg), "--init-from", str(bogus), "--run-dir", str(tmp_path / "d")])
-    assert rc == 2 and "weights_only=True" in capsys.readouterr().err
+    assert _finetune(cfg, bogus, tmp_path / "d") == 2
+    assert "weights_only=True" in capsys.readouterr().err
     # nothing was written into the failed run directories: a retry starts cleanly
     for name in "abcd":
         assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
@@ -243,43 +218,15 @@ def test_failed_starts_leave_run_directories_untouched(tmp_path, tiny_config, tr
     config_text = (trained_run / "config.yaml").read_text()
     capsys.readouterr()
     # --overwrite of the very run --init-from reads: refused before anything is deleted
-    rc = main(
-        [
-            "finetune",
-            str(cfg),
-            "--init-from",
-            str(trained_run),
-            "--run-dir",
-            str(trained_run),
-            "--overwrite",
-        ]
-    )
-    assert rc == 2 and "which --overwrite would clear" in capsys.readouterr().err
+    assert _finetune(cfg, trained_run, trained_run, "--overwrite") == 2
+    assert "which --overwrite would clear" in capsys.readouterr().err
     # --overwrite with a missing --init-from: the error comes first, nothing is cleared
-    rc = main(
-        [
-            "finetune",
-            str(cfg),
-            "--init-from",
-            str(tmp_path / "nope"),
-            "--run-dir",
-            str(trained_run),
-            "--overwrite",
-        ]
-    )
-    assert rc == 2 and "not found" in capsys.readouterr().err
+    assert _finetune(cfg, tmp_path / "nope", trained_run, "--overwrite") == 2
+    assert "not found" in capsys.readouterr().err
     # --resume with a config that does not match the checkpoint: refused, config.yaml kept
-    rc = main(
-        [
-            "fit",
-            str(cfg),
-            "--run-dir",
-            str(trained_run),
-            "--resume",
-            "model.options.decoder_channels=16",
-        ]
-    )
-    assert rc == 2 and "model.options" in capsys.readouterr().err
+    args = ["fit", str(cfg), "--run-dir", str(trained_run), "--resume"]
+    assert main([*args, "model.options.decoder_channels=16"]) == 2
+    assert "model.options" in capsys.readouterr().err
     assert sorted(p.relative_to(trained_run) for p in trained_run.rglob("*")) == before
     assert (trained_run / "config.yaml").read_text() == config_text
 

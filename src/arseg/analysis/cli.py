@@ -57,7 +57,7 @@ def _affinity(args: argparse.Namespace) -> int:
         labels = distinct_labels(args.checkpoints, args.labels)
     except ValueError as err:
         return _fail(err)
-    if args.labels is None:
+    if args.labels is None:  # run/best, run/last ... where those differ, else path suffixes
         defaults = [_checkpoint_label(Path(c)) for c in args.checkpoints]
         labels = defaults if len(set(defaults)) == len(defaults) else labels
     try:
