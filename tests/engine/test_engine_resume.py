@@ -68,6 +68,38 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_conf
     assert [s for s, _ in train_rows(run)] == list(range(8))
 
 
+def test_resume_from_the_last_batch_of_an_epoch_runs_the_next_epoch_whole(tmp_path, tiny_config):
+    """A crash between an epoch's last step checkpoint and its validation: the restored run must
+    neither skip the next epoch nor repeat steps (Lightning restores that state as 'epoch done')."""
+    import lightning as L
+
+    from arseg.engine.config import load_config
+    from arseg.engine.train import fit
+
+    class CrashAtFirstValidation(L.Callback):
+        def on_validation_start(self, trainer, pl_module):
+            raise RuntimeError("simulated crash")
+
+    cfg = tiny_config()
+    reference = tmp_path / "reference"
+    assert main(["fit", str(cfg), "--run-dir", str(reference), *ARGS]) == 0
+    run = tmp_path / "crashed"
+    config = load_config(cfg, [*ARGS, f"run_dir={run}"])
+    try:
+        fit(config, callbacks=[CrashAtFirstValidation()])
+    except RuntimeError as err:
+        assert "simulated crash" in str(err)
+    else:
+        raise AssertionError("the run did not reach validation")
+    assert _weights(run)[0] == 4  # the last step of epoch 0 was checkpointed
+    assert main(["fit", str(cfg), "--run-dir", str(run), "--resume", *ARGS]) == 0
+    ref_step, ref_weights, _ = _weights(reference)
+    got_step, weights, _ = _weights(run)
+    assert got_step == ref_step == 8
+    for key, value in ref_weights.items():
+        assert torch.equal(weights[key], value), key
+
+
 def test_resume_log_repair_restores_the_row_lost_with_the_process(tmp_path):
     """Lightning checkpoints a step before its logger writes that step's row: a kill in between
     leaves the row only in the checkpoint, and a crash can cut the last CSV line short."""

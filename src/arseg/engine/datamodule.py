@@ -104,13 +104,18 @@ class ResumableSampler(Sampler):
         self.yield_seeds = yield_seeds
         self.drop_last_to = drop_last_to
         self.epoch = 0
-        self._skip = 0  # samples to skip in the next iteration only (resume)
+        self._skip: tuple[int, int] | None = None  # (epoch, samples) to skip on resume
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def skip_next(self, num_samples: int) -> None:
-        self._skip = num_samples
+    def skip_next(self, num_samples: int, epoch: int) -> None:
+        """Skip ``num_samples`` in the next iteration, if that iteration is of ``epoch``.
+
+        Tied to the epoch: a checkpoint taken after the last batch of epoch e is restored by
+        Lightning as "epoch e done", and the skip must not eat epoch e + 1.
+        """
+        self._skip = (epoch, num_samples)
 
     def _indices(self) -> list[int]:
         if self.shuffle:
@@ -131,7 +136,8 @@ class ResumableSampler(Sampler):
         return len(range(self.rank, self.num_samples, self.world_size))
 
     def __iter__(self) -> Iterator[Any]:
-        skip, self._skip = self._skip, 0
+        pending, self._skip = self._skip, None
+        skip = pending[1] if pending is not None and pending[0] == self.epoch else 0
         indices = self._indices()
         for pos in range(skip, len(indices)):
             index = indices[pos]
@@ -164,8 +170,9 @@ class ResumableDataLoader(DataLoader):
     def load_state_dict(self, state: dict[str, int]) -> None:
         sampler = self.sampler
         if isinstance(sampler, ResumableSampler):
-            sampler.set_epoch(int(state["epoch"]))
-            sampler.skip_next(int(state["batches_done"]) * int(self.batch_size or 1))
+            epoch = int(state["epoch"])
+            sampler.set_epoch(epoch)
+            sampler.skip_next(int(state["batches_done"]) * int(self.batch_size or 1), epoch)
 
 
 def _dataset_kwargs(cfg: dict[str, Any], split_key: str) -> dict[str, Any]:
@@ -242,7 +249,12 @@ class SeedDataModule(L.LightningDataModule):
         if trainer is None:
             return 0, 0
         loop = trainer.fit_loop
-        return loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress.current.ready
+        epoch, batches = loop.epoch_progress.current.processed, loop.epoch_loop.batch_progress
+        if batches.is_last_batch:
+            # Lightning restores a checkpoint taken after an epoch's last batch as the start of
+            # the next epoch (fit_loop.reset): the loader must not skip into that one.
+            return epoch + 1, 0
+        return epoch, batches.current.ready
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None
