@@ -308,3 +308,25 @@ def test_demo_never_deletes_a_run_it_did_not_write(tmp_path, trained_run, capsys
     assert main(["demo", "--out", str(out)]) == 2
     assert "was not written by arseg demo" in capsys.readouterr().err
     assert (out / "baseline" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_batchnorm_statistics_through_training_and_validation(
+    tmp_path, tiny_config, freeze
+):
+    run = tmp_path / "run"
+    args = ["fit", str(tiny_config()), "--run-dir", str(run), "trainer.max_epochs=2"]
+    assert (
+        main([*args, "trainer.limit_train_batches=2", f"model.freeze_bn={str(freeze).lower()}"])
+        == 0
+    )
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 4  # last.ckpt is the last epoch's, whichever epoch was best
+    state = last["state_dict"]
+    tracked = [v.item() for k, v in state.items() if k.endswith("num_batches_tracked")]
+    means = [v for k, v in state.items() if k.endswith("running_mean")]
+    assert tracked and means
+    if freeze:  # from scratch: the initial statistics (0, 1) stay, epoch 2 included
+        assert set(tracked) == {0} and all(torch.all(m == 0) for m in means)
+    else:  # 2 epochs x 2 batches updated every BatchNorm
+        assert set(tracked) == {4}

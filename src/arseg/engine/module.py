@@ -100,11 +100,25 @@ class SegmentationModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)
-        if mode and self.cfg["model"]["freeze_bn"]:
+        if mode:
+            self._freeze_bn()
+        return self
+
+    def _freeze_bn(self) -> None:
+        """With ``model.freeze_bn``, keep every BatchNorm in eval mode (fixed statistics)."""
+        if self.cfg["model"]["freeze_bn"]:
             for m in self.model.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
-        return self
+
+    # Lightning does not call ``train()`` when fitting starts and, after validation, restores
+    # each submodule's own flag: the freeze is applied again at both points.
+    def on_train_start(self) -> None:
+        self._freeze_bn()
+
+    def on_validation_model_train(self) -> None:
+        super().on_validation_model_train()
+        self._freeze_bn()
 
     def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape[-2:] != target.shape[-2:]:

@@ -131,6 +131,22 @@ def _prepare_run_dir(
     return None
 
 
+class _SaveLastEachEpoch(L.Callback):
+    """Write ``checkpoints/last.ckpt`` at the end of every training epoch (after its validation).
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` refreshes last.ckpt only at the steps
+    where it also wrote a top-k checkpoint, so with ``monitor="val/miou"`` it stayed at the best
+    epoch: ``--resume`` restarted from there and ``--init-from RUN/checkpoints/last.ckpt`` got the
+    best epoch's weights, not the last.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        trainer.save_checkpoint(str(self.path))
+
+
 class _KeepingExperimentWriter(ExperimentWriter):
     """Lightning's CSV writer, but it never deletes an existing metrics.csv: it appends to it
     (arseg checks the run directory itself, and a resumed run continues its log)."""
@@ -318,10 +334,10 @@ def _fit(
             monitor="val/miou",
             mode="max",
             save_top_k=1,
-            save_last=True,
             auto_insert_metric_name=False,
             enable_version_counter=False,
-        )
+        ),
+        _SaveLastEachEpoch(ckpt_dir / "last.ckpt"),
     ]
     if tcfg["checkpoint_every_n_steps"]:
         all_callbacks.append(
