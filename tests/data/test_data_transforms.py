@@ -173,3 +173,51 @@ def test_read_image_scales_16_bit_grey_and_converts_other_modes(tmp_path):
     rgba[..., :3] = 200
     Image.fromarray(rgba).save(tmp_path / "rgba.png")
     assert read_image(tmp_path / "rgba.png").shape == (1, 2, 3)
+
+
+def test_min_short_side_floors_the_random_scale():
+    """LW-RefineNet's ResizeShorterScale: scale ~ U(lo, hi), raised to min_short_side / short."""
+    from arseg.data.transforms import RandomScale
+
+    image, mask = blocky_pair(48, 64, block=8, seed=0)
+    sizes = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        out = RandomScale((0.25, 1.0), min_short_side=24)(image, mask)[1].shape
+        sizes.add(tuple(out))
+        assert out[0] >= 24 and out[0] / out[1] == pytest.approx(48 / 64, abs=0.03)  # rounding
+    assert (24, 32) in sizes  # draws below 0.5 land on the floor
+    assert any(h > 24 for h, _ in sizes)  # draws above it are kept
+    with pytest.raises(ValueError, match="min_short_side"):
+        RandomScale((0.5, 2.0), min_short_side=0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rotation_and_blur_keep_labels_aligned_and_never_invent_values(seed):
+    image, mask = blocky_pair(96, 128, block=32, seed=seed)
+    transform = build_train_transform(
+        crop_size=64, scale_range=None, rotate_degrees=10.0, blur_prob=1.0
+    )
+    torch.manual_seed(seed)
+    x, y = transform(image, mask)
+    assert set(y.unique().tolist()) <= set(mask.unique().tolist()) | {255}
+    valid = y != 255
+    agreement = (label_from_image(x)[valid] == y[valid]).float().mean()
+    assert agreement > 0.7  # blur and rotation soften block edges only
+
+
+def test_rotation_fills_the_corners_with_ignore():
+    image, mask = blocky_pair(64, 64, block=8, seed=0)
+    transform = build_train_transform(
+        crop_size=64, scale_range=None, rotate_degrees=30.0, hflip=False
+    )
+    rotated = 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        _, y = transform(image, mask)
+        rotated += bool((y == 255).any())
+    assert 0 < rotated < 8  # applied with probability 0.5
+    with pytest.raises(ValueError, match="rotate_degrees"):
+        build_train_transform(crop_size=8, rotate_degrees=-1)
+    with pytest.raises(ValueError, match="blur_prob"):
+        build_train_transform(crop_size=8, blur_prob=2)

@@ -45,3 +45,16 @@ def test_ddp_two_cpu_processes_report_the_single_process_miou(tmp_path, tiny_con
     assert summary["final"]["val/miou"] == pytest.approx(single["miou"], abs=1e-6)
     assert summary["final"]["val/pixel_acc"] == pytest.approx(single["pixel_acc"], abs=1e-6)
     assert summary["final"]["val/ar"] == pytest.approx(single["val_ar"], rel=1e-5)
+
+
+def test_more_processes_than_validation_samples_is_a_clear_error(tiny_config, monkeypatch):
+    from arseg.engine import datamodule as dm
+    from arseg.engine.config import load_config
+
+    data = dm.SeedDataModule(load_config(tiny_config()))  # 7 validation samples
+    data.setup("fit")
+    monkeypatch.setattr(dm, "_dist_info", lambda trainer: (0, 8))
+    with pytest.raises(ValueError, match="7 samples for 8 processes"):
+        data.val_dataloader()
+    monkeypatch.setattr(dm, "_dist_info", lambda trainer: (6, 7))
+    assert len(data.val_dataloader().sampler) == 1

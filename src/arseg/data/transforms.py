@@ -67,11 +67,25 @@ def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
 class RandomScale(v2.Transform):
     """Resize by a factor drawn uniformly from ``scale_range`` (relative to the input size).
 
-    Images use bilinear interpolation (antialiased), masks nearest neighbour.
+    With ``min_short_side``, a factor that would make the shorter side smaller than it is raised
+    to ``min_short_side / shorter side`` (Light-Weight RefineNet's ``ResizeShorterScale``: NYUv2
+    frames of 480x640 with 350 are never scaled below 0.73). Images use bilinear interpolation
+    (antialiased), masks nearest neighbour.
     """
 
-    def __init__(self, scale_range: tuple[float, float] = (0.5, 2.0)) -> None:
+    def __init__(
+        self, scale_range: tuple[float, float] = (0.5, 2.0), min_short_side: int | None = None
+    ) -> None:
         super().__init__()
+        if min_short_side is not None and (
+            isinstance(min_short_side, bool)
+            or not isinstance(min_short_side, int)
+            or min_short_side < 1
+        ):
+            raise ValueError(
+                f"min_short_side must be a positive int or None, got {min_short_side!r}"
+            )
+        self.min_short_side = min_short_side
         if (
             not isinstance(scale_range, Sequence)
             or len(scale_range) != 2
@@ -89,6 +103,8 @@ class RandomScale(v2.Transform):
         height, width = query_size(flat_inputs)
         lo, hi = self.scale_range
         scale = lo + (hi - lo) * torch.rand(()).item()
+        if self.min_short_side is not None:
+            scale = max(scale, self.min_short_side / min(height, width))
         size = [max(1, round(height * scale)), max(1, round(width * scale))]
         return {"size": size}
 
@@ -168,6 +184,9 @@ def build_train_transform(
     crop_size: int | Sequence[int],
     scale_range: tuple[float, float] | None = (0.5, 2.0),
     hflip: bool = True,
+    min_short_side: int | None = None,
+    rotate_degrees: float = 0.0,
+    blur_prob: float = 0.0,
 ) -> SegmentationTransform:
     """Training augmentation: random scale, random crop (label padded with 255), flip, normalise.
 
@@ -178,6 +197,13 @@ def build_train_transform(
         scale_range: ``(min, max)`` resize factor, drawn uniformly per sample; ``None`` disables
             scaling.
         hflip: random horizontal flip with probability 0.5.
+        min_short_side: lower bound of the shorter side after random scaling (see
+            :class:`RandomScale`); ``None``: no bound.
+        rotate_degrees: with probability 0.5, a random rotation in ``[-d, d]`` degrees after
+            scaling (semseg's PSPNet recipe: 10); the image bilinear with the mean colour filled
+            in, the label nearest with 255. 0 disables it.
+        blur_prob: probability of a 5x5 Gaussian blur of the image (semseg: 0.5); the label is
+            untouched. 0 disables it.
 
     Returns:
         A callable ``(Image uint8 (3, H, W), Mask (H, W)) -> (float32 (3, h, w), int64 (h, w))``
@@ -186,7 +212,20 @@ def build_train_transform(
     size = _pair(crop_size, "crop_size")
     transforms: list[v2.Transform] = []
     if scale_range is not None:
-        transforms.append(RandomScale(scale_range))
+        transforms.append(RandomScale(scale_range, min_short_side))
+    if not 0 <= rotate_degrees <= 180:
+        raise ValueError(f"rotate_degrees must be in [0, 180], got {rotate_degrees!r}")
+    if not 0 <= blur_prob <= 1:
+        raise ValueError(f"blur_prob must be in [0, 1], got {blur_prob!r}")
+    if rotate_degrees > 0:  # with probability 0.5, as semseg's RandRotate
+        rotate = v2.RandomRotation(
+            rotate_degrees,
+            interpolation=v2.InterpolationMode.BILINEAR,  # masks: always nearest in v2
+            fill={tv_tensors.Image: _MEAN_UINT8, tv_tensors.Mask: IGNORE_INDEX},
+        )
+        transforms.append(v2.RandomApply([rotate], p=0.5))
+    if blur_prob > 0:  # v2 blurs images only; masks pass through
+        transforms.append(v2.RandomApply([v2.GaussianBlur(5)], p=blur_prob))
     transforms.append(
         v2.RandomCrop(
             size,

@@ -62,6 +62,9 @@ DEFAULTS: dict[str, Any] = {
         "val_options": {},  # ... only for the validation split
         "crop_size": [64, 64],
         "scale_range": [0.5, 2.0],  # None: no random scaling
+        "min_short_side": None,  # shorter side never scaled below this (LW-RefineNet: 350)
+        "rotate_degrees": 0.0,  # random rotation in [-d, d] (semseg PSPNet: 10)
+        "blur_prob": 0.0,  # probability of a 5x5 Gaussian blur of the image (semseg: 0.5)
         "hflip": True,
         "eval_resize": None,  # None: evaluate at the full image size
         "batch_size": 8,
@@ -135,6 +138,7 @@ _TYPES_OF_NONE_DEFAULTS: dict[str, tuple[type, ...]] = {
     "model.num_classes": (int,),
     "data.root": (str,),
     "data.eval_resize": (list, tuple),
+    "data.min_short_side": (int,),
     "loss.class_weight": (list, tuple),
     "trainer.checkpoint_every_n_steps": (int,),
     "trainer.limit_train_batches": (int, float),
@@ -345,6 +349,18 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             normalize_scales(cfg["loss"]["scales"])
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config key 'loss.scales': {err}") from None
+    if not 0 <= cfg["data"]["rotate_degrees"] <= 180:
+        raise ConfigError(
+            f"config key 'data.rotate_degrees' must be in [0, 180], got {cfg['data']['rotate_degrees']}"
+        )
+    if not 0 <= cfg["data"]["blur_prob"] <= 1:
+        raise ConfigError(
+            f"config key 'data.blur_prob' must be in [0, 1], got {cfg['data']['blur_prob']}"
+        )
+    if cfg["data"]["min_short_side"] is not None and cfg["data"]["min_short_side"] < 1:
+        raise ConfigError(
+            f"config key 'data.min_short_side' must be >= 1 or null, got {cfg['data']['min_short_side']}"
+        )
     for key in ("checkpoint_every_n_steps", "num_threads"):
         value = cfg["trainer"][key]
         if value is not None and value < 1:

@@ -192,6 +192,9 @@ def build_train_dataset(cfg: dict[str, Any]) -> Dataset:
         tuple(data["crop_size"]),
         scale_range=tuple(data["scale_range"]) if data["scale_range"] is not None else None,
         hflip=data["hflip"],
+        min_short_side=data["min_short_side"],
+        rotate_degrees=data["rotate_degrees"],
+        blur_prob=data["blur_prob"],
     )
     return build_dataset(
         data["name"],
@@ -289,6 +292,12 @@ class SeedDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None
         rank, world = _dist_info(self.trainer)
+        if len(self.val_set) < world:
+            # a process without validation samples would fall out of step in the collectives
+            raise ValueError(
+                f"the validation split has {len(self.val_set)} samples for {world} processes: "
+                "every process needs at least one (use fewer devices or a larger split)"
+            )
         sampler = ResumableSampler(
             len(self.val_set), shuffle=False, rank=rank, world_size=world, yield_seeds=False
         )

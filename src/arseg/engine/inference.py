@@ -2,7 +2,8 @@
 
 Multi-scale / flip averages the softmax probabilities of every (scale, flip) pass, each resized
 bilinearly to the image size (as hszhao/semseg does for PSPNet), and returns their log: valid
-logits whose softmax is that average. A single plain pass returns the model's logits upsampled
+logits whose softmax is that average. Inside one sliding-window pass the overlapping windows'
+*logits* are averaged (semseg averages their softmax; the two agree where windows agree). A single plain pass returns the model's logits upsampled
 bilinearly (``align_corners=False``) to the image size.
 
 Example:

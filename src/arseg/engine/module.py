@@ -121,17 +121,7 @@ class SegmentationModule(L.LightningModule):
         self._freeze_bn()
 
     def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(
-                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
-            )
-        weight = self.criterion.class_weight
-        valid = target != self.ignore_index
-        if not bool(valid.any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(
-            logits.float(), target, weight=weight, ignore_index=self.ignore_index
-        )
+        return self.criterion.cross_entropy(logits, target)
 
     def _ar(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
         from arseg.losses import ar_loss

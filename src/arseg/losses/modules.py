@@ -169,11 +169,12 @@ class CEARLoss(nn.Module):
     def loss_name(self) -> str:
         return "loss_ar"
 
-    def _cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
-        if logits.shape[-2:] != target.shape[-2:]:
-            logits = F.interpolate(
-                logits, size=target.shape[-2:], mode="bilinear", align_corners=False
-            )
+    def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
+        """The CE term alone: logits (B, C, h, w) resized to the target (B, H, W) if needed.
+
+        Weighted mean over labelled pixels (as ``F.cross_entropy``), computed in float32 (the
+        resize too) with autocast disabled; 0 with zero gradients when no pixel is labelled.
+        """
         target = target.long()
         weight = self.class_weight
         if weight is not None:
@@ -185,6 +186,10 @@ class CEARLoss(nn.Module):
             weight = weight.to(device=logits.device)
         with torch.autocast(logits.device.type, enabled=False):
             logits = logits.float() if logits.dtype != torch.float64 else logits
+            if logits.shape[-2:] != target.shape[-2:]:
+                logits = F.interpolate(
+                    logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+                )
             weight = weight.to(logits.dtype) if weight is not None else None
             total = F.cross_entropy(
                 logits, target, weight=weight, ignore_index=self.ignore_index, reduction="sum"
@@ -207,7 +212,7 @@ class CEARLoss(nn.Module):
         ar = ar_loss(
             logits, target, scales=self.scales, ignore_index=self.ignore_index, method=self.method
         )
-        ce = self._cross_entropy(logits, target)
+        ce = self.cross_entropy(logits, target)
         return CEARLossOutput(ce + self.lambda_ar * ar, ce, ar)
 
     def extra_repr(self) -> str:
