@@ -357,14 +357,14 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"config key 'data.blur_prob' must be in [0, 1], got {cfg['data']['blur_prob']}"
         )
-    if cfg["data"]["min_short_side"] is not None and cfg["data"]["min_short_side"] < 1:
-        raise ConfigError(
-            f"config key 'data.min_short_side' must be >= 1 or null, got {cfg['data']['min_short_side']}"
-        )
-    for key in ("checkpoint_every_n_steps", "num_threads"):
-        value = cfg["trainer"][key]
+    for section, key in (
+        ("data", "min_short_side"),
+        ("trainer", "checkpoint_every_n_steps"),
+        ("trainer", "num_threads"),
+    ):
+        value = cfg[section][key]
         if value is not None and value < 1:
-            raise ConfigError(f"config key 'trainer.{key}' must be >= 1 or null, got {value}")
+            raise ConfigError(f"config key '{section}.{key}' must be >= 1 or null, got {value}")
     if cfg["loss"]["lambda_ar"] < 0:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"
