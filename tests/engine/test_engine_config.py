@@ -63,6 +63,9 @@ def test_int_is_accepted_for_float_keys():
         ("loss.class_weight=[1, a]", "list of numbers >= 0"),
         ("loss.scales=[12, 0]", "'loss.scales'.*positive"),
         ("data.scale_range=[a, b]", "scale_range"),
+        ("data.min_short_side=0", r"data\.min_short_side' must be >= 1 or null"),
+        ("data.rotate_degrees=200", "rotate_degrees"),
+        ("data.blur_prob=2", "blur_prob"),
         ("eval.window=[20, 20]", None),
     ],
 )
