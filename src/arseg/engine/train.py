@@ -144,7 +144,7 @@ class _SaveLastEachEpoch(L.Callback):
         self.path = path
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(str(self.path))
+        trainer.save_checkpoint(str(self.path), weights_only=False)  # full state, for --resume
 
 
 class _KeepingExperimentWriter(ExperimentWriter):
