@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from arseg.cli import main
@@ -68,29 +69,31 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path, tiny_conf
     assert [s for s, _ in train_rows(run)] == list(range(8))
 
 
-def test_resume_from_the_last_batch_of_an_epoch_runs_the_next_epoch_whole(tmp_path, tiny_config):
-    """A crash between an epoch's last step checkpoint and its validation: the restored run must
-    neither skip the next epoch nor repeat steps (Lightning restores that state as 'epoch done')."""
+@pytest.mark.parametrize("crash_at", ["first validation", "second epoch start"])
+def test_resume_at_an_epoch_boundary_matches_uninterrupted(tmp_path, tiny_config, crash_at):
+    """A crash between an epoch's last step checkpoint and its validation (Lightning restores that
+    state as 'epoch done': the next epoch must run whole), or right after the end-of-epoch
+    last.ckpt: either way the resumed run ends with the uninterrupted run's weights."""
     import lightning as L
 
     from arseg.engine.config import load_config
     from arseg.engine.train import fit
 
-    class CrashAtFirstValidation(L.Callback):
+    class Crash(L.Callback):
         def on_validation_start(self, trainer, pl_module):
-            raise RuntimeError("simulated crash")
+            if crash_at == "first validation":
+                raise RuntimeError("simulated crash")
+
+        def on_train_epoch_start(self, trainer, pl_module):
+            if crash_at == "second epoch start" and trainer.current_epoch == 1:
+                raise RuntimeError("simulated crash")
 
     cfg = tiny_config()
     reference = tmp_path / "reference"
     assert main(["fit", str(cfg), "--run-dir", str(reference), *ARGS]) == 0
     run = tmp_path / "crashed"
-    config = load_config(cfg, [*ARGS, f"run_dir={run}"])
-    try:
-        fit(config, callbacks=[CrashAtFirstValidation()])
-    except RuntimeError as err:
-        assert "simulated crash" in str(err)
-    else:
-        raise AssertionError("the run did not reach validation")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(load_config(cfg, [*ARGS, f"run_dir={run}"]), callbacks=[Crash()])
     assert _weights(run)[0] == 4  # the last step of epoch 0 was checkpointed
     assert main(["fit", str(cfg), "--run-dir", str(run), "--resume", *ARGS]) == 0
     ref_step, ref_weights, _ = _weights(reference)

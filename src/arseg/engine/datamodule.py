@@ -272,6 +272,11 @@ class SeedDataModule(L.LightningDataModule):
             yield_seeds=True,
             drop_last_to=data["batch_size"],
         )
+        if self.trainer is not None:
+            # A resume from an end-of-epoch checkpoint restores the loop's progress but not the
+            # loader state, and worker processes start prefetching before Lightning sets the
+            # sampler's epoch: start at the epochs already processed (0 on a fresh run).
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
         if len(sampler) == 0:
             raise ValueError(
                 f"the training split has {len(self.train_set)} samples, fewer than one batch of "
