@@ -167,6 +167,11 @@ def test_read_image_scales_16_bit_grey_and_converts_other_modes(tmp_path):
     grey16 = np.array([[0, 257, 65535]], dtype=np.uint16)
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     assert read_image(tmp_path / "g16.png").tolist() == [[[0] * 3, [1] * 3, [255] * 3]]
+    # 8-bit content in a wide container stays as it is
+    Image.fromarray(np.array([[0, 200, 255]], dtype=np.uint16)).save(tmp_path / "g8in16.png")
+    assert read_image(tmp_path / "g8in16.png")[0, :, 0].tolist() == [0, 200, 255]
+    Image.fromarray(np.array([[0, 200, 100000]], dtype=np.int32)).save(tmp_path / "i32.tif")
+    assert read_image(tmp_path / "i32.tif")[0, :, 0].tolist() == [0, 1, 255]
     Image.fromarray(np.array([[0.0, 0.5, 1.0]], dtype=np.float32)).save(tmp_path / "f.tif")
     assert read_image(tmp_path / "f.tif")[0, :, 0].tolist() == [0, 128, 255]
     rgba = np.zeros((1, 2, 4), dtype=np.uint8)

@@ -330,3 +330,15 @@ def test_freeze_bn_keeps_batchnorm_statistics_through_training_and_validation(
         assert set(tracked) == {0} and all(torch.all(m == 0) for m in means)
     else:  # 2 epochs x 2 batches updated every BatchNorm
         assert set(tracked) == {4}
+
+
+def test_eval_reads_a_checkpoint_written_before_newer_config_keys(tmp_path, trained_run, capsys):
+    """A run trained by an older arseg lacks the config keys added since: eval fills defaults."""
+    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", weights_only=True)
+    for key in ("min_short_side", "rotate_degrees", "blur_prob"):
+        del ckpt["arseg_config"]["data"][key]
+    ckpt["arseg_config"]["trainer"]["num_threads"] = 0
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    assert main(["eval", str(old), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    assert "mIoU" in capsys.readouterr().out

@@ -57,7 +57,11 @@ def test_int_is_accepted_for_float_keys():
         ("seed=null", "cannot be null"),
         ("trainer.num_threads=two", r"num_threads.* expects int or null, got str"),
         ("trainer.checkpoint_every_n_steps=abc", "checkpoint_every_n_steps"),
-        ("trainer.checkpoint_every_n_steps=0", "must be >= 1 or null"),
+        ("trainer.checkpoint_every_n_steps=-1", "must be >= 0 or null"),
+        ("trainer.checkpoint_every_n_steps=0", None),  # 0: off, as before
+        ("trainer.num_threads=0", None),
+        ("trainer.max_epochs=null", None),  # Lightning's default
+        ("data.root=null", None),
         ("trainer.limit_train_batches=abc", "limit_train_batches"),
         ("loss.class_weight=5", r"class_weight.* expects list or tuple or null"),
         ("loss.class_weight=[1, a]", "list of numbers >= 0"),
@@ -128,3 +132,15 @@ def test_shipped_configs_load(path):
         assert cfg["loss"]["lambda_ar"] == pytest.approx(0.1)
     if "finetune_ce" in path.name:
         assert cfg["loss"]["lambda_ar"] == 0.0
+
+
+def test_complete_config_fills_keys_added_since_a_run_was_written():
+    from arseg.engine.config import DEFAULTS, complete_config
+
+    stored = load_config(None, ["model.name=pspnet50", "trainer.num_threads=0"])
+    del stored["data"]["rotate_degrees"], stored["eval"]
+    full = complete_config(stored)
+    assert full["data"]["rotate_degrees"] == DEFAULTS["data"]["rotate_degrees"]
+    assert full["eval"] == DEFAULTS["eval"]
+    assert full["model"]["name"] == "pspnet50" and full["trainer"]["num_threads"] == 0
+    assert "rotate_degrees" not in stored["data"]  # the stored config is not modified

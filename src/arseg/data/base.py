@@ -79,19 +79,22 @@ def read_pair_list(
 def read_image(path: Path) -> np.ndarray:
     """Decode an image file to a uint8 RGB array ``(H, W, 3)``; errors name the file.
 
-    Grey, palette and RGBA images are converted to RGB; 16-bit grey images (PIL modes ``I;16*``
-    and ``I``) are scaled to 8 bits (PIL's own conversion would clip them at 255) and float
-    images (``F``) are read as [0, 1] when they fit in it, else clipped to [0, 255].
+    Grey, palette and RGBA images are converted to RGB. Integer grey images wider than 8 bits
+    (PIL modes ``I;16*`` and ``I``) are kept as they are when their values fit in 0..255, and
+    otherwise scaled down (0..65535 -> 0..255, or by their maximum beyond that): PIL's own
+    conversion would clip them at 255. Float images (``F``) are read as [0, 1] when they fit in
+    it, else clipped to [0, 255].
     """
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode.startswith("I") or im.mode == "F":
                 grey = np.asarray(im, dtype=np.float64)
+                top = float(grey.max()) if grey.size else 0.0
                 if im.mode == "F":
-                    grey = grey * 255 if grey.size and grey.max() <= 1 else grey
-                else:
-                    grey = grey / 257  # 0..65535 -> 0..255
+                    grey = grey * 255 if top <= 1 else grey
+                elif top > 255:
+                    grey = grey * (255 / 65535 if top <= 65535 else 255 / top)
                 grey = np.clip(np.rint(grey), 0, 255).astype(np.uint8)
                 return np.repeat(grey[..., None], 3, axis=-1)
             if im.mode != "RGB":

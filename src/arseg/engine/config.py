@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import yaml
 __all__ = [
     "DEFAULTS",
     "ConfigError",
+    "complete_config",
     "dump_config",
     "load_config",
     "merge_config",
@@ -129,7 +131,15 @@ _ANY_TYPE = {"trainer.deterministic", "trainer.devices", "trainer.precision", "t
 
 
 # Keys that may be set to null (YAML ``null`` / ``~``): those whose default is None, and these.
-_NULLABLE = {"data.scale_range", "loss.scales"}
+_NULLABLE = {
+    "data.scale_range",
+    "loss.scales",
+    # Lightning's own defaults apply to these when null
+    "trainer.max_epochs",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.check_val_every_n_epoch",
+}
 
 # The type of each key whose default is None (any type would otherwise pass).
 _TYPES_OF_NONE_DEFAULTS: dict[str, tuple[type, ...]] = {
@@ -164,6 +174,10 @@ def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
             f"config key '{path}'{_where(source)} cannot be null: it expects a "
             f"{type(default).__name__} (default {default!r})"
         )
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)  # paths from the Python API are stored as strings
+    elif hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()  # numpy arrays, tensors
     if default is None:
         types = _TYPES_OF_NONE_DEFAULTS.get(path)
         if types is None:
@@ -357,14 +371,15 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"config key 'data.blur_prob' must be in [0, 1], got {cfg['data']['blur_prob']}"
         )
-    for section, key in (
-        ("data", "min_short_side"),
-        ("trainer", "checkpoint_every_n_steps"),
-        ("trainer", "num_threads"),
-    ):
-        value = cfg[section][key]
-        if value is not None and value < 1:
-            raise ConfigError(f"config key '{section}.{key}' must be >= 1 or null, got {value}")
+    if cfg["data"]["min_short_side"] is not None and cfg["data"]["min_short_side"] < 1:
+        raise ConfigError(
+            "config key 'data.min_short_side' must be >= 1 or null, "
+            f"got {cfg['data']['min_short_side']}"
+        )
+    for key in ("checkpoint_every_n_steps", "num_threads"):  # 0 or null: off / torch's default
+        value = cfg["trainer"][key]
+        if value is not None and value < 0:
+            raise ConfigError(f"config key 'trainer.{key}' must be >= 0 or null, got {value}")
     if cfg["loss"]["lambda_ar"] < 0:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"
@@ -391,6 +406,25 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             f"config key 'data.num_workers' must be >= 0, got {cfg['data']['num_workers']}"
         )
     return cfg
+
+
+def complete_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A config stored by a run (checkpoint or config.yaml) with every key of today's DEFAULTS.
+
+    Keys added to arseg after the run was written take their defaults; the stored values are
+    kept as they are (they were valid when the run started, and are not re-checked).
+    """
+
+    def fill(defaults: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+        out = copy.deepcopy(dict(defaults))
+        for key, value in values.items():
+            if isinstance(out.get(key), dict) and isinstance(value, Mapping):
+                out[key] = fill(out[key], value)
+            else:
+                out[key] = copy.deepcopy(value)
+        return out
+
+    return fill(DEFAULTS, stored)
 
 
 def load_config(

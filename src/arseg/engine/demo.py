@@ -94,7 +94,8 @@ def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None
         if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
             continue
         config = run_dir / "config.yaml"
-        written_by = yaml.safe_load(config.read_text()).get("name") if config.is_file() else None
+        stored = yaml.safe_load(config.read_text()) if config.is_file() else None
+        written_by = stored.get("name") if isinstance(stored, dict) else None
         if written_by != f"demo_{name}":
             raise RunDirError(
                 f"{run_dir} exists and was not written by arseg demo: choose another --out, or "

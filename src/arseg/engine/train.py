@@ -44,7 +44,14 @@ from .checkpoint import (
     load_weights,
     model_state_dict,
 )
-from .config import ConfigError, dump_config, merge_config, validate_config
+from .config import (
+    DEFAULTS,
+    ConfigError,
+    complete_config,
+    dump_config,
+    merge_config,
+    validate_config,
+)
 from .datamodule import SeedDataModule, build_eval_dataset
 from .module import SegmentationModule
 
@@ -444,6 +451,18 @@ def evaluate(
         torch.set_num_threads(threads)
 
 
+def _validate_eval_options(cfg: dict[str, Any]) -> None:
+    """Check the evaluation settings of a stored config merged with the command line's.
+
+    Only the ``eval`` section (what a command line changes at evaluation time) is checked: the
+    rest was valid when the run was trained, and an older run is not refused because a check
+    has been added since.
+    """
+    probe = copy.deepcopy(DEFAULTS)
+    probe["eval"] = cfg["eval"]
+    validate_config(probe)
+
+
 def _evaluate(
     ckpt: dict[str, Any],
     path: Path,
@@ -458,7 +477,8 @@ def _evaluate(
     progress: bool,
 ) -> dict[str, Any]:
     overrides = {"eval": eval_overrides or {}, "data": data_overrides or {}}
-    cfg = validate_config(merge_config(cfg, overrides, source="the evaluation options"))
+    cfg = merge_config(complete_config(cfg), overrides, source="the evaluation options")
+    _validate_eval_options(cfg)
     if out_dir is None:
         base = Path(ckpt_or_run_dir)
         if not base.is_dir():
