@@ -223,7 +223,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             flip=args.flip,
             accelerator=args.accelerator or "cpu",
         )
-    except (*_expected_errors(), ValueError) as err:
+    except _expected_errors() as err:
         return _fail(err)
     print(f"wrote {len(written)} label PNGs and overlays to {args.out}")
     return 0
