@@ -5,7 +5,7 @@
 True
 """
 
-from . import icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
+from . import efficientnet, icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
 from .base import SegmentationModel, SegmentationOutput
 from .convert import convert_lwrefinenet, convert_pspnet, load_reference_state_dict
 from .registry import build_model, is_model, list_models, register_model
