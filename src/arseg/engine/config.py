@@ -77,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "lambda_ar": 0.0,  # 0: CE only (the AR value is still logged, computed without grad)
         "scales": [12, 6],
         "method": "auto",
+        "kernel": "sqrt",  # AR affinity kernel: "sqrt" (the paper) or "linear" (A = P^T P)
         "class_weight": None,  # list of C floats
         "ignore_index": 255,
         "aux": True,  # add the model's auxiliary losses with model.aux_weights
@@ -380,6 +381,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         value = cfg["trainer"][key]
         if value is not None and value < 0:
             raise ConfigError(f"config key 'trainer.{key}' must be >= 0 or null, got {value}")
+    choices = {"method": ("auto", "explicit", "factorized"), "kernel": ("sqrt", "linear")}
+    for key, allowed in choices.items():
+        if cfg["loss"][key] not in allowed:
+            raise ConfigError(
+                f"config key 'loss.{key}' must be one of {allowed}, got {cfg['loss'][key]!r}"
+            )
     if cfg["loss"]["lambda_ar"] < 0:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"

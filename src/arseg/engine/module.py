@@ -87,6 +87,7 @@ class SegmentationModule(L.LightningModule):
             ignore_index=lcfg["ignore_index"],
             scales=tuple(lcfg["scales"]) if lcfg["scales"] is not None else None,
             method=lcfg["method"],
+            kernel=lcfg["kernel"],
         )
         self.ignore_index = int(lcfg["ignore_index"])
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index=self.ignore_index)
@@ -133,6 +134,7 @@ class SegmentationModule(L.LightningModule):
             ignore_index=self.ignore_index,
             reduction=reduction,
             method=self.criterion.method,
+            kernel=self.criterion.kernel,
         )
 
     def _poly_factor(self) -> float:

@@ -2,16 +2,18 @@
 
 * :func:`ar_loss` / :class:`ARLoss`: the AR loss.
 * :class:`CEARLoss`: cross-entropy + ``lambda_ar`` * AR, returning :class:`CEARLossOutput`.
-* :func:`label_affinity`, :func:`sqrt_affinity`: the explicit N x N matrices (figures, tests).
+* :func:`label_affinity`, :func:`sqrt_affinity`, :func:`prediction_affinity` (either kernel): the
+  explicit N x N matrices (figures, tests).
 """
 
-from .affinity import label_affinity, sqrt_affinity
+from .affinity import KERNELS, label_affinity, prediction_affinity, sqrt_affinity
 from .functional import AUTO_EXPLICIT_MAX_POSITIONS, ar_loss
 from .modules import ARLoss, CEARLoss, CEARLossOutput
 from .sampling import cell_centre_indices, normalize_scales
 
 __all__ = [
     "AUTO_EXPLICIT_MAX_POSITIONS",
+    "KERNELS",
     "ARLoss",
     "CEARLoss",
     "CEARLossOutput",
@@ -19,5 +21,6 @@ __all__ = [
     "cell_centre_indices",
     "label_affinity",
     "normalize_scales",
+    "prediction_affinity",
     "sqrt_affinity",
 ]

@@ -7,6 +7,10 @@ These are the objects the AR loss regresses onto each other:
   diagonal);
 * ``M_ij = [L_i == L_j]`` for the labels at the same positions.
 
+The ``"linear"`` kernel (an ablation, the plain probability dot product the paper argues against)
+uses ``S = P`` instead: ``A_ij = sum_k p_ik p_jk``, below 1 on the diagonal unless the prediction
+is one-hot (:func:`prediction_affinity` with ``kernel="linear"``).
+
 :func:`arseg.losses.ar_loss` never needs the matrices at large N (its factorized method works on
 C x C products); the explicit functions here are for figures and as the reference in tests.
 """
@@ -22,9 +26,18 @@ from torch import Tensor
 from ._checks import check_ignore_index, check_label_values, check_logits, check_target
 from .sampling import normalize_scales, sample_positions
 
-__all__ = ["label_affinity", "sqrt_affinity"]
+__all__ = ["KERNELS", "label_affinity", "prediction_affinity", "sqrt_affinity"]
 
 ScalesArg = int | Sequence[int | Sequence[int]] | None
+
+#: Affinity kernels: ``"sqrt"`` (the paper, ``A = sqrt(P)^T sqrt(P)``) and ``"linear"``
+#: (``A = P^T P``).
+KERNELS = ("sqrt", "linear")
+
+
+def check_kernel(kernel: object) -> None:
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -42,6 +55,17 @@ def sqrt_probs(sampled_logits: Tensor) -> Tensor:
     with torch.autocast(sampled_logits.device.type, enabled=False):
         z = sampled_logits.to(compute_dtype(sampled_logits.dtype))
         return torch.exp(0.5 * F.log_softmax(z, dim=1))
+
+
+def kernel_features(sampled_logits: Tensor, kernel: str = "sqrt") -> Tensor:
+    """The columns ``S`` (B, C, N) whose Gram matrix is the affinity: sqrt(softmax) or softmax.
+
+    Same precision rules as :func:`sqrt_probs` (float32, float64 for float64 input, no autocast).
+    """
+    if kernel == "sqrt":
+        return sqrt_probs(sampled_logits)
+    with torch.autocast(sampled_logits.device.type, enabled=False):
+        return F.softmax(sampled_logits.to(compute_dtype(sampled_logits.dtype)), dim=1)
 
 
 def sample_target(
@@ -104,6 +128,35 @@ def label_affinity(
     return (same & pair_valid).to(torch.float32), valid
 
 
+def prediction_affinity(
+    logits: Tensor, *, scales: ScalesArg = (12, 6), kernel: str = "sqrt"
+) -> Tensor:
+    """Prediction affinity ``A = S^T S`` at the sampled positions, for either kernel.
+
+    Args:
+        logits: (B, C, h, w) float16/bfloat16/float32/float64 class scores (softmax over C).
+        scales: grid sizes, or ``None`` for every logit position (N = h * w).
+        kernel: ``"sqrt"`` (``A_ij = sum_k sqrt(p_ik p_jk)``, 1 on the diagonal) or ``"linear"``
+            (``A_ij = sum_k p_ik p_jk``).
+
+    Returns:
+        (B, N, N) float32 (float64 for float64 logits), symmetric, in [0, 1]; differentiable.
+        Computed with autocast disabled.
+
+    Example:
+        >>> logits = torch.tensor([[[[2.0, 0.0]], [[0.0, 0.0]]]])   # (1, 2, 1, 2): C = 2, N = 2
+        >>> prediction_affinity(logits, scales=None, kernel="linear")[0, 1, 1].item()
+        0.5
+    """
+    check_logits(logits)
+    check_kernel(kernel)
+    grids = normalize_scales(scales)
+    sampled = sample_positions(logits, grids) if grids is not None else logits.flatten(2)
+    s = kernel_features(sampled, kernel)
+    with torch.autocast(logits.device.type, enabled=False):
+        return s.transpose(1, 2) @ s
+
+
 def sqrt_affinity(logits: Tensor, *, scales: ScalesArg = (12, 6)) -> Tensor:
     """Square-root affinity ``A = S^T S``, ``A_ij = sum_k sqrt(p_ik p_jk)`` at the sampled positions.
 
@@ -113,15 +166,12 @@ def sqrt_affinity(logits: Tensor, *, scales: ScalesArg = (12, 6)) -> Tensor:
 
     Returns:
         (B, N, N) float32 (float64 for float64 logits), symmetric, in [0, 1], 1 on the diagonal;
-        differentiable. Computed with autocast disabled.
+        differentiable. Computed with autocast disabled. ``prediction_affinity(...,
+        kernel="linear")`` gives the linear kernel's matrix.
 
     Example:
         >>> A = sqrt_affinity(torch.randn(2, 5, 16, 16))          # paper grids: N = 144 + 36
         >>> A.shape, bool(torch.allclose(A.diagonal(dim1=1, dim2=2), torch.ones(2, 180)))
         (torch.Size([2, 180, 180]), True)
     """
-    check_logits(logits)
-    grids = normalize_scales(scales)
-    s = sqrt_probs(sample_positions(logits, grids) if grids is not None else logits.flatten(2))
-    with torch.autocast(logits.device.type, enabled=False):
-        return s.transpose(1, 2) @ s
+    return prediction_affinity(logits, scales=scales, kernel="sqrt")

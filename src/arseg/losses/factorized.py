@@ -1,6 +1,7 @@
 """The factorized AR sum: no N x N matrix, O(N C^2) time, O(C^2) extra memory.
 
-With ``S`` (C, N) the square roots of the softmax and ``Y`` (N, C) the one-hot labels (columns of
+With ``S`` (C, N) the square roots of the softmax (``kernel="sqrt"``; the softmax itself for
+``kernel="linear"``) and ``Y`` (N, C) the one-hot labels (columns of
 ignored positions zeroed in both), expand around the target, ``S = Y^T + D``:
 
     A - M = S^T S - Y Y^T = E + E^T + F,    E = Y D,  F = D^T D.
@@ -19,6 +20,12 @@ relative accuracy near convergence; the textbook ``||S S^T||^2 - 2 ||S Y||^2 + s
 subtracts numbers of size N^2 and loses it. The backward is written by hand (one (C x C) @ (C x N)
 product, a gather and the softmax chain rule) rather than left to autograd, whose product
 gradients take slow (N x C) layouts and keep more buffers alive: only D is saved.
+
+Nothing above uses the unit norm of the columns of S, so both kernels share it; only the chain
+rule from S to the logits z differs (p = softmax(z), g = dL/dS, per column):
+
+* sqrt, S = exp(0.5 log p):  dz = 0.5 (g * S - S^2 * sum_c g_c S_c);
+* linear, S = p:             dz = g * S - S * sum_c g_c S_c.
 """
 
 from __future__ import annotations
@@ -38,15 +45,16 @@ class _FactorizedSqSum(torch.autograd.Function):
     # exactly), so repeated backward passes (retain_graph, gradcheck) see the same D.
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+    def forward(ctx, logits: Tensor, labels: Tensor, valid: Tensor, linear: bool) -> Tensor:
         # logits (B, C, N) float32/float64; labels (B, N) int64 in [0, C) (ignored mapped to 0);
-        # valid (B, N) bool.
+        # valid (B, N) bool; linear: S = softmax instead of sqrt(softmax).
         batch, num_classes, n = logits.shape
         valid_f = valid.unsqueeze(1).to(logits.dtype)  # (B, 1, N)
         index = labels.unsqueeze(1)  # (B, 1, N)
-        # S = exp(0.5 * log_softmax(z) + log(valid)): exactly 0 at ignored columns.
+        # S = exp(a * log_softmax(z) + log(valid)), a = 0.5 (sqrt) or 1 (linear): exactly 0 at
+        # ignored columns.
         d = F.log_softmax(logits, dim=1)
-        torch.add(valid_f.log(), d, alpha=0.5, out=d).exp_()
+        torch.add(valid_f.log(), d, alpha=1.0 if linear else 0.5, out=d).exp_()
         d.scatter_add_(1, index, valid_f.neg())  # D = S - Y^T (0 at ignored columns)
         g = d @ d.transpose(1, 2)  # (B, C, C)
         h = d.new_zeros(batch, num_classes, num_classes)
@@ -60,39 +68,45 @@ class _FactorizedSqSum(torch.autograd.Function):
         )
         ctx.save_for_backward(g, h, counts, labels, valid_f)
         ctx.residual = d  # an intermediate: kept on ctx, modified in place and restored below
+        ctx.linear = linear
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
         g, h, counts, labels, valid_f = ctx.saved_tensors
         d = ctx.residual
         batch, num_classes, n = d.shape
         index = labels.unsqueeze(1)
         # dL/dS = 4 [(diag(n) + H + H^T + G) D + (H^T + G) Y^T]; grad_out and the factor 0.5 of
-        # the chain rule below are folded into the C x C matrices.
-        coef = (2 * grad_out).view(batch, 1, 1)
+        # the sqrt chain rule below are folded into the C x C matrices.
+        coef = ((4 if ctx.linear else 2) * grad_out).view(batch, 1, 1)
         ht_g = (h.transpose(1, 2) + g) * coef
         w = ht_g + (h + torch.diag_embed(counts)) * coef
         grad = torch.gather(ht_g, 2, index.expand(batch, num_classes, n)).baddbmm_(w, d)
         # Chain rule through S = exp(0.5 * log_softmax(z)), with S = D + Y^T the masked S (0 at
-        # ignored columns, so their gradient vanishes): dz = dS * S - S^2 * sum_c (dS * S).
+        # ignored columns, so their gradient vanishes): dz = dS * S - S^2 * sum_c (dS * S); for
+        # S = softmax(z): dz = dS * S - S * sum_c (dS * S). (p = S^2 resp. S.)
         s = d.scatter_add_(1, index, valid_f)
         grad.mul_(s)
-        grad.addcmul_(s, s * grad.sum(dim=1, keepdim=True), value=-1)
+        p = s if ctx.linear else s * s
+        grad.addcmul_(p, grad.sum(dim=1, keepdim=True), value=-1)
         s.scatter_add_(1, index, valid_f.neg())  # back to D
-        return grad, None, None
+        return grad, None, None, None
 
 
-def factorized_sq_sum(logits: Tensor, labels: Tensor, valid: Tensor) -> Tensor:
+def factorized_sq_sum(
+    logits: Tensor, labels: Tensor, valid: Tensor, kernel: str = "sqrt"
+) -> Tensor:
     """Per-image ``sum_ij (A - M)_ij^2`` over valid pairs, from sampled logits, without N x N.
 
     Args:
         logits: (B, C, N) float32 or float64 sampled logits (softmax over C).
         labels: (B, N) int64 labels in [0, C) at valid positions (any value in [0, C) elsewhere).
         valid: (B, N) bool, False at ignored positions.
+        kernel: ``"sqrt"`` (S = sqrt(softmax)) or ``"linear"`` (S = softmax).
 
     Returns:
         (B,) in the dtype of ``logits``; differentiable with respect to ``logits`` (first order).
     """
-    return _FactorizedSqSum.apply(logits, labels, valid)
+    return _FactorizedSqSum.apply(logits, labels, valid, kernel == "linear")

@@ -12,11 +12,19 @@ from ._checks import (
     check_logits,
     check_target,
 )
-from .affinity import ScalesArg, compute_dtype, one_hot_t, sample_target, sqrt_probs
+from .affinity import (
+    KERNELS,
+    ScalesArg,
+    check_kernel,
+    compute_dtype,
+    kernel_features,
+    one_hot_t,
+    sample_target,
+)
 from .factorized import factorized_sq_sum
 from .sampling import normalize_scales, sample_positions
 
-__all__ = ["AUTO_EXPLICIT_MAX_POSITIONS", "METHODS", "REDUCTIONS", "ar_loss"]
+__all__ = ["AUTO_EXPLICIT_MAX_POSITIONS", "KERNELS", "METHODS", "REDUCTIONS", "ar_loss"]
 
 #: ``method="auto"`` builds the explicit N x N matrices up to this many positions per image and
 #: switches to the factorized form above it. At N <= 1024 the explicit matrix is at most 4 MiB per
@@ -42,6 +50,7 @@ def ar_loss(
     ignore_index: int = 255,
     reduction: str = "mean",
     method: str = "auto",
+    kernel: str = "sqrt",
 ) -> Tensor:
     r"""Affinity Regression (AR) loss of Cao & Yang, "Use square root affinity to regress labels".
 
@@ -54,7 +63,8 @@ def ar_loss(
         \ell = \frac{1}{n_\mathrm{valid}^2} \sum_{i, j\ \mathrm{valid}} (A_{ij} - M_{ij})^2
 
     per image, diagonal included. Positions labelled ``ignore_index`` are dropped from rows and
-    columns and the mean runs over the ``n_valid^2`` valid pairs.
+    columns and the mean runs over the ``n_valid^2`` valid pairs. ``kernel="linear"`` replaces
+    ``S`` by the softmax ``P`` itself (``A = P^T P``, the ablation the paper argues against).
 
     Args:
         logits: (B, C, h, w) float16, bfloat16, float32 or float64 class scores (before softmax).
@@ -71,6 +81,8 @@ def ar_loss(
         method: ``"explicit"`` builds the (B, N, N) matrices; ``"factorized"`` computes the same
             value from C x C products (O(N C^2) time, O(C^2) extra memory, any N); ``"auto"``
             picks explicit for N <= ``AUTO_EXPLICIT_MAX_POSITIONS`` (1024), factorized above.
+        kernel: ``"sqrt"`` (default, the paper: ``A = sqrt(P)^T sqrt(P)``) or ``"linear"``
+            (``A = P^T P``); both methods support both.
 
     Returns:
         Scalar (or (B,) for ``"none"``) float32 tensor; float64 if the logits are float64. The
@@ -80,7 +92,8 @@ def ar_loss(
     Raises:
         TypeError: non-tensor inputs, non-float logits, a floating-point (or bool) target.
         ValueError: wrong ranks, batch mismatch, a label outside [0, C) that is not
-            ``ignore_index``, non-positive scales, unknown ``reduction`` or ``method``.
+            ``ignore_index``, non-positive scales, unknown ``reduction``, ``method`` or
+            ``kernel``.
 
     Example:
         >>> logits = torch.randn(2, 19, 64, 128, requires_grad=True)  # 1/4 of the labels
@@ -100,6 +113,7 @@ def ar_loss(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    check_kernel(kernel)
     grids = normalize_scales(scales)
     num_classes = logits.shape[1]
     check_label_values(target, num_classes, ignore_index)
@@ -115,12 +129,12 @@ def ar_loss(
     dtype = compute_dtype(logits.dtype)
     with torch.autocast(logits.device.type, enabled=False):
         if method == "explicit":
-            s = sqrt_probs(sampled)
+            s = kernel_features(sampled, kernel)
             y_t = one_hot_t(labels, valid, num_classes, dtype)
             sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(dtype), y_t)
         else:
             safe = torch.where(valid, labels, torch.zeros_like(labels))
-            sq_sum = factorized_sq_sum(sampled.to(dtype), safe, valid)
+            sq_sum = factorized_sq_sum(sampled.to(dtype), safe, valid, kernel)
         n_valid = valid.sum(dim=1).to(dtype)
         # Images without valid positions have sq_sum == 0 exactly (all rows/columns masked).
         per_image = sq_sum / n_valid.clamp(min=1).square()

@@ -11,15 +11,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_batch, check_ignore_index, check_logits, check_target
-from .affinity import ScalesArg
+from .affinity import ScalesArg, check_kernel
 from .functional import METHODS, REDUCTIONS, ar_loss
 from .sampling import normalize_scales
 
 __all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
 
 
-def _check_options(scales: ScalesArg, ignore_index: int, reduction: str, method: str) -> None:
+def _check_options(
+    scales: ScalesArg, ignore_index: int, reduction: str, method: str, kernel: str
+) -> None:
     normalize_scales(scales)
+    check_kernel(kernel)
     check_ignore_index(ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -36,6 +39,7 @@ class ARLoss(nn.Module):
         ignore_index: label of unlabelled pixels (default 255).
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
         method: ``"auto"`` | ``"explicit"`` | ``"factorized"``.
+        kernel: ``"sqrt"`` (the paper) | ``"linear"`` (``A = P^T P``, an ablation).
         loss_weight: factor applied to the result (mmsegmentation convention; the paper uses
             0.1 next to a CE loss of weight 1).
         loss_name: key under which mmsegmentation logs it; must start with ``loss_`` to be
@@ -68,13 +72,15 @@ class ARLoss(nn.Module):
         method: str = "auto",
         loss_weight: float = 1.0,
         loss_name: str = "loss_ar",
+        kernel: str = "sqrt",
     ) -> None:
         super().__init__()
-        _check_options(scales, ignore_index, reduction, method)
+        _check_options(scales, ignore_index, reduction, method, kernel)
         self.scales = scales
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.method = method
+        self.kernel = kernel
         self.loss_weight = float(loss_weight)
         self._loss_name = loss_name
 
@@ -92,13 +98,15 @@ class ARLoss(nn.Module):
             ignore_index=self.ignore_index,
             reduction=self.reduction,
             method=self.method,
+            kernel=self.kernel,
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
 
     def extra_repr(self) -> str:
         return (
             f"scales={self.scales}, ignore_index={self.ignore_index}, "
-            f"reduction={self.reduction!r}, method={self.method!r}, loss_weight={self.loss_weight}"
+            f"reduction={self.reduction!r}, method={self.method!r}, kernel={self.kernel!r}, "
+            f"loss_weight={self.loss_weight}"
         )
 
 
@@ -125,6 +133,7 @@ class CEARLoss(nn.Module):
         ignore_index: label of unlabelled pixels, for both terms.
         scales: AR grid sizes (default ``(12, 6)``) or ``None`` for full resolution.
         method: AR method, ``"auto"`` | ``"explicit"`` | ``"factorized"``.
+        kernel: AR affinity kernel, ``"sqrt"`` (the paper) | ``"linear"``.
 
     Shape:
         - logits: (B, C, h, w) float; target: (B, H, W) integer.
@@ -148,15 +157,17 @@ class CEARLoss(nn.Module):
         ignore_index: int = 255,
         scales: ScalesArg = (12, 6),
         method: str = "auto",
+        kernel: str = "sqrt",
     ) -> None:
         super().__init__()
-        _check_options(scales, ignore_index, "mean", method)
+        _check_options(scales, ignore_index, "mean", method, kernel)
         if not math.isfinite(float(lambda_ar)) or float(lambda_ar) < 0:
             raise ValueError(f"lambda_ar must be a finite number >= 0, got {lambda_ar}")
         self.lambda_ar = float(lambda_ar)
         self.ignore_index = ignore_index
         self.scales = scales
         self.method = method
+        self.kernel = kernel
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.ndim != 1:
@@ -210,7 +221,12 @@ class CEARLoss(nn.Module):
         check_target(target)
         check_batch(logits, target)
         ar = ar_loss(
-            logits, target, scales=self.scales, ignore_index=self.ignore_index, method=self.method
+            logits,
+            target,
+            scales=self.scales,
+            ignore_index=self.ignore_index,
+            method=self.method,
+            kernel=self.kernel,
         )
         ce = self.cross_entropy(logits, target)
         return CEARLossOutput(ce + self.lambda_ar * ar, ce, ar)
@@ -218,6 +234,6 @@ class CEARLoss(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"lambda_ar={self.lambda_ar}, ignore_index={self.ignore_index}, "
-            f"scales={self.scales}, method={self.method!r}, "
+            f"scales={self.scales}, method={self.method!r}, kernel={self.kernel!r}, "
             f"class_weight={'None' if self.class_weight is None else tuple(self.class_weight.shape)}"
         )
