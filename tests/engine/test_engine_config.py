@@ -44,7 +44,7 @@ def test_int_is_accepted_for_float_keys():
         ("optim.lrr=0.1", "unknown config key 'optim.lrr'"),
         ("modell.name=x", "unknown config key 'modell'"),
         ("optim.lr=fast", "expects a float"),
-        ("data.batch_size=2.5", "expects a int"),
+        ("data.batch_size=2.5", "expects an int"),
         ("data.hflip=1", "expects a bool"),
         ("optim=3", "must be a mapping"),
         ("noequals", "key.subkey=value"),
@@ -144,3 +144,58 @@ def test_complete_config_fills_keys_added_since_a_run_was_written():
     assert full["eval"] == DEFAULTS["eval"]
     assert full["model"]["name"] == "pspnet50" and full["trainer"]["num_threads"] == 0
     assert "rotate_degrees" not in stored["data"]  # the stored config is not modified
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("1e-9", 1e-9),
+        ("5e-4", 5e-4),
+        ("1E5", 1e5),
+        ("1e+3", 1e3),
+        ("+1e-3", 1e-3),
+        ("-2E-2", -2e-2),
+        (".5e3", 500.0),
+        ("1.e-3", 1e-3),
+        ("2.5e-4", 2.5e-4),
+        ("0.001", 0.001),
+    ],
+)
+def test_every_float_spelling_is_a_float_in_overrides_and_files(tmp_path, text, value):
+    """YAML 1.1 (PyYAML) reads 1e-9 or 5e-4 as strings: they must still be floats."""
+    parsed = parse_overrides([f"optim.lr={text}"])["optim"]["lr"]
+    assert parsed == pytest.approx(value) and isinstance(parsed, float)
+    (tmp_path / "c.yaml").write_text(f"optim:\n  lr: {text}\nloss:\n  lambda_ar: {text}\n")
+    if value > 0:
+        cfg = load_config(None, [f"optim.lr={text}", f"optim.weight_decay={text}"])
+        assert cfg["optim"]["lr"] == pytest.approx(value)
+        assert cfg["optim"]["weight_decay"] == pytest.approx(value)
+        cfg = load_config(tmp_path / "c.yaml")
+        assert cfg["optim"]["lr"] == pytest.approx(value)
+        assert cfg["loss"]["lambda_ar"] == pytest.approx(value)
+
+
+def test_exponent_strings_that_are_not_numbers_stay_strings():
+    assert parse_overrides(["name=1e5x", "run_dir=e5"]) == {"name": "1e5x", "run_dir": "e5"}
+
+
+def test_relative_data_root_is_resolved_against_the_config_file(tmp_path, monkeypatch):
+    (tmp_path / "data" / "set").mkdir(parents=True)
+    (tmp_path / "configs" / "sub").mkdir(parents=True)
+    (tmp_path / "configs" / "base.yaml").write_text("data:\n  root: ../data/set\n")
+    (tmp_path / "configs" / "sub" / "child.yaml").write_text("_base_: ../base.yaml\nseed: 1\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # relative to the file that sets it (base.yaml), whatever the current directory
+    cfg = load_config(tmp_path / "configs" / "sub" / "child.yaml")
+    assert cfg["data"]["root"] == str(tmp_path / "data" / "set")
+    # a config written for the current directory still works from there
+    (tmp_path / "configs" / "cwd.yaml").write_text("data:\n  root: data/set\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_config(tmp_path / "configs" / "cwd.yaml")["data"]["root"] == str(
+        tmp_path / "data" / "set"
+    )
+    # an override is the user's own path: kept relative to the current directory
+    cfg = load_config(tmp_path / "configs" / "base.yaml", ["data.root=data/set"])
+    assert cfg["data"]["root"] == "data/set"

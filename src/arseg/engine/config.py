@@ -18,12 +18,12 @@ Example:
 from __future__ import annotations
 
 import copy
+import functools
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 __all__ = [
     "DEFAULTS",
@@ -31,8 +31,10 @@ __all__ = [
     "complete_config",
     "dump_config",
     "load_config",
+    "load_yaml",
     "merge_config",
     "parse_overrides",
+    "resolve_data_root",
     "validate_config",
 ]
 
@@ -78,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
         "scales": [12, 6],
         "method": "auto",
         "kernel": "sqrt",  # AR affinity kernel: "sqrt" (the paper) or "linear" (A = P^T P)
+        "lambda_schedule": "constant",  # lambda_ar over the run: constant | linear | exp | poly
+        "lambda_final_ratio": 0.1,  # lambda at the last step / lambda_ar (not for constant)
+        "lambda_power": 0.9,  # exponent of the poly lambda schedule
         "class_weight": None,  # list of C floats
         "ignore_index": 255,
         "aux": True,  # add the model's auxiliary losses with model.aux_weights
@@ -165,6 +170,34 @@ def _where(source: str | None) -> str:
     return f" (from {source})" if source else ""
 
 
+def _a(type_name: str) -> str:
+    return f"an {type_name}" if type_name[:1] in "aeiou" else f"a {type_name}"
+
+
+# Floats with an exponent, in every spelling users type: YAML 1.1 (PyYAML) reads ``1e-9``,
+# ``5e-4``, ``1E5``, ``.5e3`` or ``1e+3`` as strings (it wants a dot and a signed exponent).
+_EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+
+
+@functools.cache
+def _loader() -> type:
+    """A ``yaml.SafeLoader`` that also reads exponent floats as floats (yaml imported lazily)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789."))
+    return Loader
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that also reads ``1e-9``-style floats as floats."""
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # a SafeLoader subclass: safe
+
+
 def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
     if path in _ANY_TYPE:
         return value
@@ -172,8 +205,8 @@ def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
         if default is None or path in _NULLABLE:
             return value
         raise ConfigError(
-            f"config key '{path}'{_where(source)} cannot be null: it expects a "
-            f"{type(default).__name__} (default {default!r})"
+            f"config key '{path}'{_where(source)} cannot be null: it expects "
+            f"{_a(type(default).__name__)} (default {default!r})"
         )
     if isinstance(value, os.PathLike):
         value = os.fspath(value)  # paths from the Python API are stored as strings
@@ -211,7 +244,7 @@ def _check_type(path: str, default: Any, value: Any, source: str | None) -> Any:
         ok = True
     if not ok:
         raise ConfigError(
-            f"config key '{path}'{_where(source)} expects a {type(default).__name__} "
+            f"config key '{path}'{_where(source)} expects {_a(type(default).__name__)} "
             f"(default {default!r}), got {type(value).__name__} {value!r}"
         )
     return value
@@ -268,8 +301,10 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[dict[str,
         raise ConfigError(f"circular _base_ inheritance: {cycle}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    import yaml
+
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
     if not isinstance(data, dict):
@@ -301,8 +336,10 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         key = key.strip()
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r} has an empty key")
+        import yaml
+
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = load_yaml(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -387,6 +424,16 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"config key 'loss.{key}' must be one of {allowed}, got {cfg['loss'][key]!r}"
             )
+    from arseg.losses.schedule import check_lambda_schedule
+
+    try:
+        check_lambda_schedule(
+            cfg["loss"]["lambda_schedule"],
+            cfg["loss"]["lambda_final_ratio"],
+            cfg["loss"]["lambda_power"],
+        )
+    except ValueError as err:
+        raise ConfigError(f"config keys 'loss.lambda_*': {err}") from None
     if cfg["loss"]["lambda_ar"] < 0:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"
@@ -451,16 +498,42 @@ def load_config(
         ConfigError: a missing file, invalid YAML, an unknown key or a value of the wrong type.
     """
     cfg = copy.deepcopy(DEFAULTS)
+    root_file: Path | None = None  # the file that set data.root last
     if path is not None:
         for layer, source in _read_yaml(Path(path)):
             cfg = merge_config(cfg, layer, source=source)
-    if isinstance(overrides, Mapping):
-        cfg = merge_config(cfg, overrides, source="overrides")
+            if isinstance(layer.get("data"), Mapping) and "root" in layer["data"]:
+                root_file = Path(source)
+    if not isinstance(overrides, Mapping):
+        overrides = parse_overrides(overrides)
+        source = "the command line"
     else:
-        cfg = merge_config(cfg, parse_overrides(overrides), source="the command line")
+        source = "overrides"
+    cfg = merge_config(cfg, overrides, source=source)
+    if isinstance(overrides.get("data"), Mapping) and "root" in overrides["data"]:
+        root_file = None  # relative to the current directory
+    if root_file is not None:
+        cfg["data"]["root"] = resolve_data_root(cfg["data"]["root"], root_file.parent)
     return validate_config(cfg)
+
+
+def resolve_data_root(root: str | None, config_dir: Path) -> str | None:
+    """A relative ``data.root`` set in a config file, as an absolute path.
+
+    It is looked up next to the config file that sets it, then (configs written for the
+    current directory, e.g. ``root: data/nyuv2`` run from the project root) in the current
+    directory; when neither exists it is left as it is (the dataset reports the missing folder).
+    """
+    if root is None or Path(root).is_absolute():
+        return root
+    for candidate in (config_dir / root, Path(root)):
+        if candidate.exists():
+            return str(candidate.resolve())
+    return root
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:
     """Write a resolved config as YAML (``load_config(path)`` reads it back unchanged)."""
+    import yaml
+
     Path(path).write_text(yaml.safe_dump(dict(cfg), sort_keys=False))
