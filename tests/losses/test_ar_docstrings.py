@@ -12,6 +12,7 @@ MODULES = [
     "arseg.losses.affinity",
     "arseg.losses.functional",
     "arseg.losses.modules",
+    "arseg.losses.schedule",
 ]
 
 

@@ -7,6 +7,9 @@ Loss per step::
 CE uses the class weights and ignore index of the config, on logits resized bilinearly to the
 label size (as :class:`arseg.losses.CEARLoss`); AR samples the main logits directly. With
 ``lambda_ar = 0`` the AR value is still computed (without grad) and logged as ``train/ar``.
+``lambda_ar`` may decay over the run (``loss.lambda_schedule``, :func:`arseg.losses.lambda_at` of
+the global step and the run's total steps, so a resumed run gets the same value); the value of
+each step is logged as ``train/lambda_ar``.
 
 Optimiser: SGD with momentum, two parameter groups (``model.encoder`` at ``lr *
 encoder_lr_mult``, everything else at ``lr``) and the poly schedule ``lr * (1 - step / total)
@@ -137,6 +140,20 @@ class SegmentationModule(L.LightningModule):
             kernel=self.criterion.kernel,
         )
 
+    def _lambda_ar(self) -> float:
+        """The AR weight of this step (``loss.lambda_schedule``): a function of global_step only."""
+        from arseg.losses import lambda_at
+
+        lcfg = self.cfg["loss"]
+        return lambda_at(
+            self.global_step,
+            int(self.trainer.estimated_stepping_batches),
+            lcfg["lambda_ar"],
+            lcfg["lambda_schedule"],
+            lcfg["lambda_final_ratio"],
+            lcfg["lambda_power"],
+        )
+
     def _poly_factor(self) -> float:
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         return max(0.0, 1.0 - self.global_step / total) ** self.cfg["optim"]["poly_power"]
@@ -155,8 +172,10 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, target = batch
         logits, aux = _main_and_aux(self.model(images))
+        lambda_ar = self._lambda_ar()
         if self.criterion.lambda_ar > 0:
-            total, ce, ar = self.criterion(logits, target)
+            _, ce, ar = self.criterion(logits, target)
+            total = ce + lambda_ar * ar
         else:
             ce = self._ce(logits, target)
             with torch.no_grad():
@@ -178,6 +197,7 @@ class SegmentationModule(L.LightningModule):
         self.log(
             "train/ar", ar.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs
         )
+        self.log("train/lambda_ar", lambda_ar, on_step=True, on_epoch=False, batch_size=bs)
         lr = self.optimizers().optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
         self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
         # Lightning saves step checkpoints before it hands this step's values to the loggers: the
@@ -188,6 +208,7 @@ class SegmentationModule(L.LightningModule):
             "train/loss": total.detach(),
             "train/ce": ce.detach(),
             "train/ar": ar.detach(),
+            "train/lambda_ar": lambda_ar,
             "lr": lr,
             **aux_logged,
         }
