@@ -70,7 +70,7 @@ class RandomScale(v2.Transform):
     With ``min_short_side``, a factor that would make the shorter side smaller than it is raised
     to ``min_short_side / shorter side`` (Light-Weight RefineNet's ``ResizeShorterScale``: NYUv2
     frames of 480x640 with 350 are never scaled below 0.73). Images use bilinear interpolation
-    (antialiased), masks nearest neighbour.
+    (antialiased), masks nearest neighbour at the output pixel centres (``nearest-exact``).
     """
 
     def __init__(
@@ -113,8 +113,31 @@ class RandomScale(v2.Transform):
             F.resize,
             inpt,
             params["size"],
-            interpolation=v2.InterpolationMode.BILINEAR,
+            interpolation=_interpolation(inpt),
             antialias=True,
+        )
+
+
+def _interpolation(inpt: Any) -> v2.InterpolationMode:
+    # Masks: the pixel holding each output pixel's centre (nearest-exact), where the bilinear
+    # image samples too; v2 otherwise maps masks to "nearest", floor(i * in / out), the output
+    # pixel's corner: labels shifted against the image by up to half an output pixel.
+    if isinstance(inpt, tv_tensors.Mask):
+        return v2.InterpolationMode.NEAREST_EXACT
+    return v2.InterpolationMode.BILINEAR
+
+
+class _Resize(v2.Resize):
+    """``v2.Resize`` (bilinear, antialiased) with masks resized nearest-exact."""
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(
+            F.resize,
+            inpt,
+            self.size,
+            interpolation=_interpolation(inpt),
+            max_size=self.max_size,
+            antialias=self.antialias,
         )
 
 
@@ -254,7 +277,7 @@ def build_eval_transform(resize: int | Sequence[int] | None = None) -> Segmentat
             size: int | list[int] = resize
         else:
             size = list(_pair(resize, "resize"))
-        transforms.append(v2.Resize(size, antialias=True))
+        transforms.append(_Resize(size, antialias=True))
     return SegmentationTransform(transforms)
 
 
