@@ -10,15 +10,38 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 # Modules that contribute sub-commands, in the order they appear in --help.
 _COMMAND_MODULES = ("arseg.engine.cli", "arseg.analysis.cli", "arseg.data.cli", "arseg.losses.cli")
 
 
+class ArsegParser(argparse.ArgumentParser):
+    """argparse with one error prefix for every command: ``arseg: error: ...`` (exit status 2).
+
+    Sub-command parsers inherit the class (argparse's default), so ``arseg fit --bad`` reads
+    like ``arseg eval RUN --accelerator gpu`` without a GPU and like ``arseg data check x``.
+    """
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(2, f"arseg: error: {message}\n")
+
+
+def _module_exists(module_name: str) -> bool:
+    """Whether ``arseg.x.cli`` exists, without importing its package (``arseg.losses`` loads
+    torch): building the parser must stay fast."""
+    parts = module_name.split(".")[1:]
+    base = Path(__file__).resolve().parent.joinpath(*parts)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``arseg`` parser. Only argparse and the ``cli`` modules are imported (no torch,
+    Lightning, matplotlib...): ``arseg --help`` and every ``--help`` stay fast."""
     from arseg import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = ArsegParser(
         prog="arseg",
         description="Affinity Regression (AR) loss for semantic segmentation: "
         "train, fine-tune, evaluate and analyse segmentation networks.",
@@ -26,13 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arseg {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:  # that area has no commands (yet)
-                continue
-            raise
-        module.register(subparsers)
+        if not _module_exists(module_name):  # that area has no commands (yet)
+            continue
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

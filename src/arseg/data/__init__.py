@@ -8,16 +8,21 @@ Example:
     [torch.Size([3, 48, 48]), torch.Size([48, 48])]
 """
 
-from . import camvid, cityscapes, nyuv2, synthetic  # noqa: F401  (register the datasets)
-from .base import DatasetError
-from .registry import build_dataset, list_datasets, register_dataset
-from .transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_eval_transform,
-    build_train_transform,
-    denormalize,
-)
+import importlib
+
+# Imported on first use (``arseg --help`` must not load torch); the registry imports the built-in
+# datasets itself when it lists or builds one.
+_EXPORTS = {
+    "DatasetError": "base",
+    "build_dataset": "registry",
+    "list_datasets": "registry",
+    "register_dataset": "registry",
+    "IMAGENET_MEAN": "transforms",
+    "IMAGENET_STD": "transforms",
+    "build_eval_transform": "transforms",
+    "build_train_transform": "transforms",
+    "denormalize": "transforms",
+}
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -30,3 +35,9 @@ __all__ = [
     "list_datasets",
     "register_dataset",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"arseg.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'arseg.data' has no attribute {name!r}")

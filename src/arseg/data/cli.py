@@ -14,10 +14,14 @@ import argparse
 import sys
 import time
 
-import numpy as np
+# Names for --help only (building the parser must not import the datasets: torch); the
+# registry checks the name and lists the valid ones when it is wrong.
+_DATASET_NAMES = "camvid, cityscapes, nyuv2, synthetic"
 
-from .base import DatasetError
-from .registry import build_dataset, list_datasets
+
+def _fail(err: Exception) -> int:
+    print(f"arseg: error: {err}", file=sys.stderr)
+    return 1
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -51,13 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode every image and label of a split, checking sizes and label "
         "values; print the pixel share of each class. Exit status 1 on the first bad file.",
     )
-    check.add_argument("name", choices=list_datasets())
+    check.add_argument("name", help=f"dataset name ({_DATASET_NAMES})")
     check.add_argument("--root", default=None, help="dataset folder (not for synthetic)")
     check.add_argument("--split", default="train")
     check.set_defaults(func=_check)
 
 
 def _prepare_nyuv2(args: argparse.Namespace) -> int:
+    from .base import DatasetError
     from .nyuv2 import prepare_nyuv2
 
     try:
@@ -65,18 +70,24 @@ def _prepare_nyuv2(args: argparse.Namespace) -> int:
             args.mat, args.splits, args.mapping, args.out, progress=not args.no_progress
         )
     except (FileNotFoundError, DatasetError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err)
     print(f"wrote {counts['train']} train and {counts['val']} val samples to {args.out}")
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
+    from .registry import list_datasets
+
     print("\n".join(list_datasets()))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .base import DatasetError
+    from .registry import build_dataset
+
     try:
         ds = build_dataset(args.name, root=args.root, split=args.split)
         counts = np.zeros(256, dtype=np.int64)
@@ -86,8 +97,7 @@ def _check(args: argparse.Namespace) -> int:
             counts += np.bincount(target.ravel(), minlength=256)
         elapsed = time.perf_counter() - start
     except (FileNotFoundError, DatasetError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+        return _fail(err)
     total = max(int(counts.sum()), 1)
     print(f"{args.name} {args.split}: {len(ds)} samples OK, read in {elapsed:.1f} s")
     for c, name in enumerate(ds.classes):

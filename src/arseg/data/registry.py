@@ -12,12 +12,21 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch.utils.data import Dataset
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
+_BUILTIN = ("camvid", "cityscapes", "nyuv2", "synthetic")
+
+
+def _register_builtin() -> None:
+    """Import the built-in dataset modules (each registers itself); cheap after the first call."""
+    for module in _BUILTIN:
+        importlib.import_module(f"arseg.data.{module}")
 
 
 def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[..., Dataset]]:
@@ -38,6 +47,7 @@ def register_dataset(name: str) -> Callable[[Callable[..., Dataset]], Callable[.
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`build_dataset`, sorted."""
+    _register_builtin()
     return sorted(_DATASETS)
 
 
@@ -67,6 +77,7 @@ def build_dataset(
     """
     if not isinstance(name, str):
         raise TypeError(f"dataset name must be a str, got {type(name).__name__}")
+    _register_builtin()
     try:
         factory = _DATASETS[name]
     except KeyError:

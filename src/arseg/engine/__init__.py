@@ -8,12 +8,21 @@ Public API (used by :mod:`arseg.analysis` and by users):
 * :func:`load_config`, :func:`fit`, :func:`evaluate`, :class:`SegmentationModule`
 """
 
-from .checkpoint import CheckpointMismatchError, load_model
-from .config import ConfigError, load_config
-from .datamodule import build_eval_dataset
-from .inference import predict_logits
-from .module import SegmentationModule
-from .train import RunDirError, evaluate, fit
+import importlib
+
+# Imported on first use: ``arseg --help`` (which imports arseg.engine.cli) must not load Lightning.
+_EXPORTS = {
+    "CheckpointMismatchError": "checkpoint",
+    "load_model": "checkpoint",
+    "ConfigError": "config",
+    "load_config": "config",
+    "build_eval_dataset": "datamodule",
+    "predict_logits": "inference",
+    "SegmentationModule": "module",
+    "RunDirError": "train",
+    "evaluate": "train",
+    "fit": "train",
+}
 
 __all__ = [
     "CheckpointMismatchError",
@@ -27,3 +36,9 @@ __all__ = [
     "load_model",
     "predict_logits",
 ]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"arseg.engine.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'arseg.engine' has no attribute {name!r}")

@@ -16,7 +16,7 @@ _OVERRIDES_HELP = (
 )
 
 
-class _IntermixedParser(argparse.ArgumentParser):
+class _IntermixedMixin:
     """Allows ``KEY=VALUE`` overrides before and after options (``CONFIG --run-dir R a.b=1``)."""
 
     _intermixed = False
@@ -35,7 +35,8 @@ def _add_parser(
     subparsers: argparse._SubParsersAction, name: str, **kwargs: Any
 ) -> argparse.ArgumentParser:
     previous = subparsers._parser_class
-    subparsers._parser_class = _IntermixedParser
+    # on top of the class of the other sub-commands (arseg.cli's: one error prefix for all)
+    subparsers._parser_class = type("IntermixedParser", (_IntermixedMixin, previous), {})
     try:
         return subparsers.add_parser(name, **kwargs)
     finally:
