@@ -3,8 +3,14 @@
 Multi-scale / flip averages the softmax probabilities of every (scale, flip) pass, each resized
 bilinearly to the image size (as hszhao/semseg does for PSPNet), and returns their log: valid
 logits whose softmax is that average. Inside one sliding-window pass the overlapping windows'
-*logits* are averaged (semseg averages their softmax; the two agree where windows agree). A single plain pass returns the model's logits upsampled
-bilinearly (``align_corners=False``) to the image size.
+*logits* are averaged (semseg averages their softmax; the two agree where windows agree). A
+single plain pass returns the model's logits upsampled bilinearly to the image size.
+
+Logits are upsampled with the convention the model declares, ``model.align_corners``
+(:func:`model_align_corners`: ``True`` for PSPNet and ICNet, whose references resize
+corner-aligned; ``False`` otherwise and for models that declare nothing), so a converted
+semseg checkpoint gives semseg's logits. Resizing images to a scale and the per-scale results
+back to the image size stays ``align_corners=False`` (semseg does those with ``cv2.resize``).
 
 Example:
     >>> import torch
@@ -26,7 +32,29 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["predict_logits"]
+__all__ = ["model_align_corners", "predict_logits", "upsample_logits"]
+
+
+def model_align_corners(model: nn.Module) -> bool:
+    """The logit-resize convention ``model`` declares (``False`` for models that declare none)."""
+    value = getattr(model, "align_corners", False)
+    if not isinstance(value, bool):
+        raise TypeError(f"model.align_corners must be a bool, got {type(value).__name__}")
+    return value
+
+
+def upsample_logits(logits: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
+    """Bilinear resize of logits ``(B, C, h, w)`` to ``size = (H, W)``, as float32.
+
+    float64 stays float64. ``align_corners`` is the model's convention
+    (:func:`model_align_corners`); logits already of size ``(H, W)`` are only cast.
+    """
+    size = (int(size[0]), int(size[1]))
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    if tuple(logits.shape[-2:]) == size:
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=align_corners)
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
@@ -39,8 +67,7 @@ def _forward(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def _whole(model: nn.Module, x: Tensor) -> Tensor:
-    logits = _forward(model, x)
-    return F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return upsample_logits(_forward(model, x), x.shape[-2:], model_align_corners(model))
 
 
 def _slide(model: nn.Module, x: Tensor, window: tuple[int, int], stride: tuple[int, int]) -> Tensor:
@@ -119,6 +146,7 @@ def predict_logits(
             # a step longer than the window would leave pixels that no window covers
             raise ValueError(f"stride must be between 1 and the window {win} per side, got {step}")
 
+    model_align_corners(model)  # a wrong declaration fails before any pass runs
     h, w = images.shape[-2:]
     passes: list[Tensor] = []
     for scale in scales:

@@ -5,7 +5,8 @@ Loss per step::
     total = CE(main) + lambda_ar * AR(main) + sum_k aux_weight_k * CE(aux_k)
 
 CE uses the class weights and ignore index of the config, on logits resized bilinearly to the
-label size (as :class:`arseg.losses.CEARLoss`); AR samples the main logits directly. With
+label size (as :class:`arseg.losses.CEARLoss`, with the model's ``align_corners`` convention,
+also used for the validation/test upsampling); AR samples the main logits directly. With
 ``lambda_ar = 0`` the AR value is still computed (without grad) and logged as ``train/ar``.
 ``lambda_ar`` may decay over the run (``loss.lambda_schedule``, :func:`arseg.losses.lambda_at` of
 the global step and the run's total steps, so a resumed run gets the same value); the value of
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from .inference import predict_logits
+from .inference import model_align_corners, predict_logits, upsample_logits
 from .metrics import SegmentationMetrics, confusion_matrix
 
 __all__ = ["SegmentationModule"]
@@ -91,6 +92,7 @@ class SegmentationModule(L.LightningModule):
             scales=tuple(lcfg["scales"]) if lcfg["scales"] is not None else None,
             method=lcfg["method"],
             kernel=lcfg["kernel"],
+            align_corners=model_align_corners(self.model),
         )
         self.ignore_index = int(lcfg["ignore_index"])
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index=self.ignore_index)
@@ -237,9 +239,7 @@ class SegmentationModule(L.LightningModule):
         images, target = batch
         logits, _ = _main_and_aux(self.model(images))
         self._update_ar(logits, target)
-        up = F.interpolate(
-            logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False
-        )
+        up = upsample_logits(logits, target.shape[-2:], self.criterion.align_corners)
         self.val_metrics.update(up.argmax(1), target)
 
     def _update_ar(self, logits: Tensor, target: Tensor) -> None:
@@ -282,9 +282,7 @@ class SegmentationModule(L.LightningModule):
         self._update_ar(native, target)
         plain = list(ecfg["scales"]) == [1.0] and not ecfg["flip"] and ecfg["mode"] == "whole"
         if plain:
-            logits = F.interpolate(
-                native.float(), size=target.shape[-2:], mode="bilinear", align_corners=False
-            )
+            logits = upsample_logits(native, target.shape[-2:], self.criterion.align_corners)
         else:
             logits = predict_logits(
                 self.model,

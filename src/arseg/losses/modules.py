@@ -122,7 +122,7 @@ class CEARLoss(nn.Module):
     """Cross-entropy plus ``lambda_ar`` times the AR loss, the paper's training objective.
 
     CE is the usual per-pixel cross-entropy at the label resolution: when the logits' size differs
-    from the target's they are bilinearly resized (``align_corners=False``) to (H, W) first; with
+    from the target's they are bilinearly resized (``align_corners`` as given) to (H, W) first; with
     ``class_weight`` it is the weighted mean over non-ignored pixels (as ``F.cross_entropy``).
     AR samples the logits and the target directly at the same scene points (no resize). A batch
     without any labelled pixel gives ``ce = ar = 0`` with zero gradients.
@@ -134,6 +134,8 @@ class CEARLoss(nn.Module):
         scales: AR grid sizes (default ``(12, 6)``) or ``None`` for full resolution.
         method: AR method, ``"auto"`` | ``"explicit"`` | ``"factorized"``.
         kernel: AR affinity kernel, ``"sqrt"`` (the paper) | ``"linear"``.
+        align_corners: convention of the CE resize (the model's ``align_corners``; default
+            ``False``, ``True`` for semseg's PSPNet and ICNet).
 
     Shape:
         - logits: (B, C, h, w) float; target: (B, H, W) integer.
@@ -158,9 +160,13 @@ class CEARLoss(nn.Module):
         scales: ScalesArg = (12, 6),
         method: str = "auto",
         kernel: str = "sqrt",
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         _check_options(scales, ignore_index, "mean", method, kernel)
+        if not isinstance(align_corners, bool):
+            raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+        self.align_corners = align_corners
         if not math.isfinite(float(lambda_ar)) or float(lambda_ar) < 0:
             raise ValueError(f"lambda_ar must be a finite number >= 0, got {lambda_ar}")
         self.lambda_ar = float(lambda_ar)
@@ -199,7 +205,10 @@ class CEARLoss(nn.Module):
             logits = logits.float() if logits.dtype != torch.float64 else logits
             if logits.shape[-2:] != target.shape[-2:]:
                 logits = F.interpolate(
-                    logits, size=target.shape[-2:], mode="bilinear", align_corners=False
+                    logits,
+                    size=target.shape[-2:],
+                    mode="bilinear",
+                    align_corners=self.align_corners,
                 )
             weight = weight.to(logits.dtype) if weight is not None else None
             total = F.cross_entropy(

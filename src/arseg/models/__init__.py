@@ -7,7 +7,12 @@ True
 
 from . import efficientnet, icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
 from .base import SegmentationModel, SegmentationOutput
-from .convert import convert_lwrefinenet, convert_pspnet, load_reference_state_dict
+from .convert import (
+    convert_lwrefinenet,
+    convert_lwrefinenet_mbv2,
+    convert_pspnet,
+    load_reference_state_dict,
+)
 from .registry import build_model, is_model, list_models, register_model
 
 __all__ = [
@@ -15,6 +20,7 @@ __all__ = [
     "SegmentationOutput",
     "build_model",
     "convert_lwrefinenet",
+    "convert_lwrefinenet_mbv2",
     "convert_pspnet",
     "is_model",
     "list_models",

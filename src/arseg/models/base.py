@@ -40,6 +40,13 @@ class SegmentationModel(nn.Module):
     implement :meth:`forward_features`, returning ``(logits, aux)``. ``aux`` may be computed
     only when ``self.training`` is true (and be empty otherwise).
 
+    ``align_corners`` declares how the model's reference resizes its logits (main and aux) to
+    the label/image size: ``False`` (the default, half-pixel centres, as DrSleep's training
+    code and cv2) or ``True`` (corner-aligned, as semseg's PSPNet and Caffe's ``Interp``).
+    The engine's CE resize, its validation/test upsampling and
+    :func:`arseg.engine.inference.predict_logits` follow it
+    (:func:`arseg.engine.inference.upsample_logits`).
+
     Contract:
         * eval mode: ``model(x)`` -> logits ``Tensor (B, C, h, w)`` (native resolution, not
           upsampled to the input);
@@ -50,6 +57,7 @@ class SegmentationModel(nn.Module):
     num_classes: int
     output_stride: int
     aux_weights: dict[str, float]
+    align_corners: bool = False
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
@@ -67,4 +75,7 @@ class SegmentationModel(nn.Module):
         return logits
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, output_stride={self.output_stride}"
+        return (
+            f"num_classes={self.num_classes}, output_stride={self.output_stride}, "
+            f"align_corners={self.align_corners}"
+        )

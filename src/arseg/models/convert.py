@@ -5,6 +5,8 @@ same, see ``docs/models.md``):
 
 * :func:`convert_lwrefinenet`: DrSleep/light-weight-refinenet ``rf_lw50/101/152``
   (``models/resnet.py``) -> :class:`~arseg.models.lwrefinenet.LWRefineNet`;
+* :func:`convert_lwrefinenet_mbv2`: DrSleep ``mbv2`` (``models/mobilenet.py``) ->
+  :class:`~arseg.models.lwrefinenet.LWRefineNetMobileNetV2`;
 * :func:`convert_pspnet`: hszhao/semseg ``PSPNet`` (``model/pspnet.py``) ->
   :class:`~arseg.models.pspnet.PSPNet`.
 
@@ -24,7 +26,15 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
-__all__ = ["convert_lwrefinenet", "convert_pspnet", "load_reference_state_dict"]
+__all__ = [
+    "convert_lwrefinenet",
+    "convert_lwrefinenet_mbv2",
+    "convert_pspnet",
+    "load_reference_state_dict",
+]
+
+# a replacement: a re.sub template, or a function of the match (for renumbering)
+Replacement = str | Callable[[re.Match[str]], str]
 
 
 def _unwrap(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
@@ -42,9 +52,9 @@ def _unwrap(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
 
 
 def _rename(
-    state_dict: Mapping[str, object], rules: list[tuple[str, str]], what: str
+    state_dict: Mapping[str, object], rules: list[tuple[str, Replacement]], what: str
 ) -> dict[str, Tensor]:
-    compiled: list[tuple[re.Pattern[str], str]] = [(re.compile(p), r) for p, r in rules]
+    compiled = [(re.compile(p), r) for p, r in rules]
     out: dict[str, Tensor] = {}
     unknown = []
     for key, value in _unwrap(state_dict).items():
@@ -121,8 +131,53 @@ def convert_pspnet(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
     return _rename(state_dict, _PSP_RULES, "hszhao/semseg PSPNet")
 
 
+# DrSleep InvertedResidualBlock.output = [1x1 expansion, 3x3 depthwise, 1x1 projection], each
+# Sequential(conv, BN[, ReLU6]) -> timm InvertedResidual's modules
+_MBV2_BLOCK = {
+    ("0", "0"): "conv_pw",
+    ("0", "1"): "bn1",
+    ("1", "0"): "conv_dw",
+    ("1", "1"): "bn2",
+    ("2", "0"): "conv_pwl",
+    ("2", "1"): "bn3",
+}
+
+
+def _mbv2_block(m: re.Match[str]) -> str:
+    stage, index, part, sub, rest = m.groups()
+    return f"encoder.blocks.{int(stage) - 2}.{index}.{_MBV2_BLOCK[part, sub]}.{rest}"
+
+
+_MBV2_RULES: list[tuple[str, Replacement]] = [
+    (r"layer1\.0\.weight", "encoder.conv_stem.weight"),
+    (r"layer1\.1\.(.+)", r"encoder.bn1.\1"),
+    (r"layer([2-8])\.([0-9]+)\.output\.([0-2])\.([01])\.(.+)", _mbv2_block),
+    (r"conv([3-8])\.weight", lambda m: f"projs.{int(m[1]) - 3}.weight"),
+    (
+        r"crp([1-4])\.0\.([1-9][0-9]*)_outvar_dimred\.weight",
+        lambda m: f"crps.{4 - int(m[1])}.convs.{int(m[2]) - 1}.weight",
+    ),
+    (r"conv_adapt([2-4])\.weight", lambda m: f"adapts.{4 - int(m[1])}.weight"),
+    (r"segm\.(weight|bias)", r"classifier.\1"),
+]
+
+
+def convert_lwrefinenet_mbv2(state_dict: Mapping[str, object]) -> dict[str, Tensor]:
+    """DrSleep/light-weight-refinenet ``mbv2`` state dict -> :class:`LWRefineNetMobileNetV2` names.
+
+    Mapping (reference -> ours): ``layer1.{0,1}`` (stem conv, BN) -> ``encoder.conv_stem``,
+    ``encoder.bn1``; ``layer{L}.{i}.output.{0,1,2}.{0,1}`` (expansion, depthwise, projection;
+    conv, BN) -> ``encoder.blocks.{L-2}.{i}.{conv_pw, bn1, conv_dw, bn2, conv_pwl, bn3}``;
+    ``conv3..conv8`` (the 24 ... 320-channel projections) -> ``projs.0..5``;
+    ``crp{g}.0.{n}_outvar_dimred`` -> ``crps.{4-g}.convs.{n-1}`` (``crp4`` runs at 1/32, our
+    ``crps.0``); ``conv_adapt{g}`` -> ``adapts.{4-g}``; ``segm`` -> ``classifier``.
+    """
+    return _rename(state_dict, _MBV2_RULES, "DrSleep LW-RefineNet MobileNet-v2")
+
+
 _CONVERTERS: dict[str, Callable[[Mapping[str, object]], dict[str, Tensor]]] = {
     "LWRefineNet": convert_lwrefinenet,
+    "LWRefineNetMobileNetV2": convert_lwrefinenet_mbv2,
     "PSPNet": convert_pspnet,
 }
 

@@ -23,10 +23,19 @@ CFF, ``aux["sub4"]`` at 1/16 and ``aux["sub24"]`` at 1/8, loss weights 0.4 and 0
 1/4 output has weight 1; the weights are not in the released files: 0.4/0.4 as in the
 mmsegmentation and GluonCV ports, see docs/models.md). All resampling is bilinear with ``align_corners=True`` (Caffe's
 ``Interp``); sizes follow ``ceil(size / factor)``, which equals Caffe's for ``4k + 1`` inputs
-such as the reference 1025 x 2049.
+such as the reference 1025 x 2049 (``ICNet.align_corners = True``: the engine resizes the logits
+to the labels the same way).
+
+Pyramid pooling is adaptive (any input size). The prototxt instead hard-codes its pooling
+windows for the 33 x 65 ``conv5_3`` of a 1025 x 2049 input; bins 1 and 2 give the same windows
+as adaptive pooling there, bins 3 and 6 do not (e.g. bin 3: kernel 13 x 25, stride 10 x 20,
+overlapping, against adaptive 11 x 21/22 tiles). ``prototxt_pooling=True`` uses the prototxt's
+windows (:data:`PROTOTXT_POOL_WINDOWS`) at that feature size and adaptive pooling elsewhere.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import timm
 import torch.nn.functional as F
@@ -36,7 +45,23 @@ from .base import SegmentationModel, check_num_classes
 from .encoders import set_reference_dilation
 from .registry import register_model
 
-__all__ = ["CascadeFeatureFusion", "ICNet", "SumPyramidPooling"]
+__all__ = ["PROTOTXT_POOL_WINDOWS", "CascadeFeatureFusion", "ICNet", "SumPyramidPooling"]
+
+# (kernel_h, kernel_w), (stride_h, stride_w) of one average pooling
+Window = tuple[tuple[int, int], tuple[int, int]]
+
+# hszhao/ICNet evaluation/prototxt/icnet_cityscapes(_bnnomerge).prototxt, layers conv5_3_pool1/2/3/6
+# (no padding), for the 33 x 65 conv5_3 of a 1025 x 2049 input: feature size -> bin -> window.
+# Each tiles its axis exactly ((size - kernel) % stride == 0), so Caffe's ceil-mode output size
+# equals the floor-mode size of F.avg_pool2d: b x b.
+PROTOTXT_POOL_WINDOWS: dict[tuple[int, int], dict[int, Window]] = {
+    (33, 65): {
+        1: ((33, 65), (33, 65)),
+        2: ((17, 33), (16, 32)),
+        3: ((13, 25), (10, 20)),
+        6: ((8, 15), (5, 10)),
+    },
+}
 
 
 def _resize(x: Tensor, size: tuple[int, int]) -> Tensor:
@@ -65,19 +90,61 @@ def _conv_bn(cin: int, cout: int, kernel: int, *, stride: int = 1, dilation: int
     return nn.Sequential(*layers)
 
 
-class SumPyramidPooling(nn.Module):
-    """ICNet's parameter-free pyramid pooling: ``x + sum_b up(avgpool_b(x))``, shape-preserving."""
+def _check_windows(windows: Mapping[tuple[int, int], Mapping[int, Window]]) -> None:
+    for (h, w), table in windows.items():
+        for b, ((kh, kw), (sh, sw)) in table.items():
+            for side, k, st in ((h, kh, sh), (w, kw, sw)):
+                if not (1 <= k <= side and st >= 1 and (side - k) % st == 0):
+                    raise ValueError(
+                        f"pooling window {(kh, kw)}/{(sh, sw)} does not tile a {h}x{w} map"
+                    )
+                if (side - k) // st + 1 != b:
+                    raise ValueError(
+                        f"pooling window {(kh, kw)}/{(sh, sw)} on {h}x{w} gives no {b}x{b} bins"
+                    )
 
-    def __init__(self, bins: tuple[int, ...] = (1, 2, 3, 6)) -> None:
+
+class SumPyramidPooling(nn.Module):
+    """ICNet's parameter-free pyramid pooling: ``x + sum_b up(avgpool_b(x))``, shape-preserving.
+
+    Args:
+        bins: output sizes ``b`` of the average poolings.
+        windows: optional fixed windows, feature size ``(h, w)`` -> bin -> ``((kh, kw), (sh,
+            sw))`` (e.g. :data:`PROTOTXT_POOL_WINDOWS`); each must give ``b x b`` outputs.
+            Bins without a window at the input's size use adaptive pooling.
+
+    Shapes: ``(B, C, h, w) -> (B, C, h, w)``.
+    """
+
+    def __init__(
+        self,
+        bins: tuple[int, ...] = (1, 2, 3, 6),
+        windows: Mapping[tuple[int, int], Mapping[int, Window]] | None = None,
+    ) -> None:
         super().__init__()
         self.bins = tuple(bins)
+        windows = {} if windows is None else windows
+        _check_windows(windows)
+        self.windows = {tuple(size): dict(table) for size, table in windows.items()}
+
+    def pool_windows(self, size: tuple[int, int]) -> list[Window | None]:
+        """The fixed window of each bin at feature size ``(h, w)``; ``None`` means adaptive."""
+        table = self.windows.get((int(size[0]), int(size[1])), {})
+        return [table.get(b) for b in self.bins]
 
     def forward(self, x: Tensor) -> Tensor:
         size = x.shape[-2:]
         out = x
-        for b in self.bins:
-            out = out + _resize(F.adaptive_avg_pool2d(x, b), size)
+        for b, window in zip(self.bins, self.pool_windows(size)):
+            if window is None:
+                pooled = F.adaptive_avg_pool2d(x, b)
+            else:
+                pooled = F.avg_pool2d(x, kernel_size=window[0], stride=window[1])
+            out = out + _resize(pooled, size)
         return out
+
+    def extra_repr(self) -> str:
+        return f"bins={self.bins}, fixed windows at {sorted(self.windows) or 'no size'}"
 
 
 class CascadeFeatureFusion(nn.Module):
@@ -112,11 +179,16 @@ class ICNet(SegmentationModel):
         pretrained: ImageNet weights for the encoder through timm (``resnet50s.gluon_in1k``);
             only for ``width=1.0`` — timm has no weights for the half-width encoder.
         aux_weights: label-guidance loss weights ``{"sub4": 0.4, "sub24": 0.4}``.
+        prototxt_pooling: pyramid pooling with the prototxt's fixed windows where ``conv5_3``
+            is 33 x 65 (the reference input 1025 x 2049), adaptive pooling at other sizes
+            (default ``False``: adaptive everywhere). No parameters are involved.
 
     Shapes:
         input ``(B, 3, H, W)`` -> logits ``(B, C, ceil(H/4), ceil(W/4))``; in training mode
         ``aux["sub4"]`` ``(B, C, ~H/16, ~W/16)`` and ``aux["sub24"]`` ``(B, C, ~H/8, ~W/8)``.
     """
+
+    align_corners = True  # Caffe's Interp layer (conv6_interp) is corner-aligned
 
     def __init__(
         self,
@@ -125,6 +197,7 @@ class ICNet(SegmentationModel):
         width: float = 0.5,
         pretrained: bool = False,
         aux_weights: dict[str, float] | None = None,
+        prototxt_pooling: bool = False,
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
@@ -161,7 +234,13 @@ class ICNet(SegmentationModel):
         block.conv1.stride, block.conv2.stride = (2, 2), (1, 1)
 
         c2, c4 = 8 * w, 32 * w  # conv3_x (256) and conv5_x (1024) channels at width 0.5
-        self.ppm = SumPyramidPooling((1, 2, 3, 6))
+        if not isinstance(prototxt_pooling, bool):
+            raise TypeError(
+                f"prototxt_pooling must be a bool, got {type(prototxt_pooling).__name__}"
+            )
+        self.ppm = SumPyramidPooling(
+            (1, 2, 3, 6), PROTOTXT_POOL_WINDOWS if prototxt_pooling else None
+        )
         self.conv5_4 = _conv_bn(c4, 256, 1, relu=True)
         self.sub1 = nn.Sequential(
             _conv_bn(3, 32, 3, stride=2, relu=True),

@@ -9,12 +9,16 @@ maps the reference state dicts onto this module.
 
 Besides the reference ResNet-50/101/152 encoders, ResNet-18/34 encoders (not in the reference)
 and a ``decoder_channels`` option make CPU-sized models. :class:`LWRefineNetMobileNetV2` is the
-reference's MobileNet-v2 variant (``models/mobilenet.py``).
+reference's MobileNet-v2 variant (``models/mobilenet.py``);
+:func:`arseg.models.convert.convert_lwrefinenet_mbv2` maps its state dicts.
 """
 
 from __future__ import annotations
 
+import math
+
 import timm
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -22,7 +26,7 @@ from .base import SegmentationModel, check_num_classes
 from .encoders import create_resnet_encoder
 from .registry import register_model
 
-__all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2"]
+__all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2", "reference_first_block"]
 
 
 def _check_positive_int(value: object, name: str) -> None:
@@ -77,6 +81,10 @@ class LWRefineNet(SegmentationModel):
     Shapes:
         input ``(B, 3, H, W)`` float -> logits ``(B, C, ceil(H/4), ceil(W/4))`` float.
     """
+
+    # DrSleep's train.py resizes the logits to the labels with align_corners=False (the decoder's
+    # internal upsamplings are align_corners=True, as here)
+    align_corners = False
 
     def __init__(
         self,
@@ -171,17 +179,56 @@ def lwrefinenet152(num_classes: int, pretrained: bool = False, **options) -> LWR
     return _lw("resnet152", num_classes, pretrained, **options)
 
 
+def reference_first_block(block: nn.Module, *, identity: bool) -> nn.Module:
+    """timm's first MobileNet-v2 block rebuilt as the reference's (DrSleep ``mbv2``).
+
+    timm builds the expansion-1 block as a ``DepthwiseSeparableConv`` (dw 3x3 + BN + ReLU6, 1x1
+    32->16 + BN); the reference's ``InvertedResidualBlock(32, 16, expansion_factor=1)`` has a
+    1x1 32->32 conv + BN + ReLU6 before those (1,088 parameters). Returns a timm
+    ``InvertedResidual`` (``conv_pw``/``bn1`` new, ``conv_dw``/``bn2`` and ``conv_pwl``/``bn3``
+    holding ``block``'s tensors).
+
+    Args:
+        block: timm's ``blocks[0][0]`` (``conv_dw``, ``bn1``, ``conv_pw``, ``bn2``).
+        identity: start the new 1x1 conv as the identity, so a pretrained encoder computes what
+            it did (its input, the stem's ReLU6 output, passes BN at its initial statistics up
+            to BN's eps, and ReLU6, unchanged); otherwise timm's fan-out normal init.
+    """
+    from timm.models._efficientnet_blocks import InvertedResidual
+
+    in_ch, out_ch = block.conv_dw.in_channels, block.conv_pw.out_channels
+    device = block.conv_dw.weight.device
+    new = InvertedResidual(
+        in_ch, out_ch, dw_kernel_size=3, stride=1, exp_ratio=1.0, act_layer=nn.ReLU6
+    ).to(device)
+    for ours, theirs in (("conv_dw", "conv_dw"), ("bn2", "bn1"), ("conv_pwl", "conv_pw")):
+        getattr(new, ours).load_state_dict(getattr(block, theirs).state_dict())
+    new.bn3.load_state_dict(block.bn2.state_dict())
+    with torch.no_grad():
+        weight = new.conv_pw.weight
+        if identity:
+            weight.copy_(torch.eye(in_ch, device=device).view(in_ch, in_ch, 1, 1))
+        else:
+            weight.normal_(0.0, math.sqrt(2.0 / in_ch))  # timm: normal(0, sqrt(2 / fan_out))
+    return new
+
+
 class LWRefineNetMobileNetV2(SegmentationModel):
     """Light-Weight RefineNet on MobileNet-v2 (reference ``models/mobilenet.py``, ``mbv2``).
 
     Six encoder outputs (24, 32, 64, 96, 160, 320 channels at strides 4, 8, 16, 16, 32, 32) are
     projected to ``decoder_channels`` by bias-free 1x1 convs; pairs at the same stride are summed,
     and four CRP stages with ReLU6 fuse them from 1/32 down to 1/4, as in the reference. The
-    encoder is timm's ``mobilenetv2_100``; its first block (expansion 1) has no 1x1 expansion
-    conv, where the reference's has a 32->32 one (1,088 parameters, 0.03 % of the model).
+    encoder is timm's ``mobilenetv2_100`` with its first block rebuilt as the reference's
+    (:func:`reference_first_block`: the 1x1 32->32 expansion conv + BN + ReLU6 that timm omits),
+    so the parameter count and the state-dict layout equal the reference's
+    (:func:`arseg.models.convert.convert_lwrefinenet_mbv2`). With ``pretrained=True`` that conv
+    starts as the identity (timm's ImageNet weights have no such layer).
 
     Shapes: input ``(B, 3, H, W)`` -> logits ``(B, C, ceil(H/4), ceil(W/4))``.
     """
+
+    align_corners = False  # DrSleep's train.py, as for the ResNet LW-RefineNet
 
     def __init__(
         self,
@@ -203,6 +250,8 @@ class LWRefineNetMobileNetV2(SegmentationModel):
             features_only=True,
             out_indices=(1, 2, 3, 4),
         )
+        first = self.encoder.blocks[0]
+        first[0] = reference_first_block(first[0], identity=pretrained)
         channels = [stage[-1].conv_pwl.out_channels for stage in self.encoder.blocks[1:]]
         d = decoder_channels
         # reference conv3..conv8: one projection per encoder output (24 ... 320 channels)

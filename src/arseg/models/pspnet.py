@@ -11,7 +11,9 @@ weight 0.4.
 Unlike the reference, logits are returned at the native 1/8 resolution; the reference
 upsamples by 8 with ``align_corners=True`` and so wants input sides ``8k + 1`` (473, 713):
 with such inputs the native logits are ``(k + 1) x (k' + 1)`` and align exactly with the
-input's corner pixels. Any size works here.
+input's corner pixels. Any size works here. ``PSPNet.align_corners = True`` declares semseg's
+resize convention, so the engine's CE, its validation and :func:`arseg.engine.predict_logits`
+upsample these logits (main and aux) as semseg does.
 """
 
 from __future__ import annotations
@@ -84,6 +86,8 @@ class PSPNet(SegmentationModel):
         input ``(B, 3, H, W)`` -> logits ``(B, C, ceil(H/8), ceil(W/8))``; in training mode
         also ``aux["aux"]`` of the same shape.
     """
+
+    align_corners = True  # semseg: F.interpolate(..., align_corners=True) of main and aux logits
 
     def __init__(
         self,
