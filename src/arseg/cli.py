@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 
 # Modules that contribute sub-commands, in the order they appear in --help.
-_COMMAND_MODULES = ("arseg.engine.cli", "arseg.analysis.cli", "arseg.data.cli", "arseg.losses.cli")
+_COMMAND_MODULES = (
+    "arseg.engine.cli",
+    "arseg.engine.study",
+    "arseg.analysis.cli",
+    "arseg.data.cli",
+    "arseg.losses.cli",
+)
 
 
 class ArsegParser(argparse.ArgumentParser):

@@ -1,0 +1,775 @@
+"""``arseg study``: the paper's protocol, every arm and every seed, as one resumable command.
+
+A *study config* names a baseline run config and a fine-tune run config and lists the arms::
+
+    name: camvid_pretrained
+    baseline: baseline.yaml        # stage 1: CE to its peak (paths relative to this file)
+    finetune: finetune.yaml        # stage 2: every arm starts from the baseline's best.ckpt
+    control: ce                    # the arm every other arm is compared with
+    arms:
+      ce: {label: CE only, seeds: [1, 2, 3, 4, 5], overrides: {loss.lambda_ar: 0.0}}
+      ar: {label: CE + 0.1 AR, seeds: [1, 2, 3, 4, 5], overrides: {loss.lambda_ar: 0.1}}
+    parallel: 2                    # fine-tunes side by side
+    threads: 2                     # CPU threads in all: the baseline gets all, a fine-tune
+                                   # threads // parallel
+    eval_split: val
+    report_num_images: 3           # images of the heat maps and overlays
+
+``arseg study CONFIG --out DIR`` then:
+
+1. trains the baseline (``DIR/baseline``) and evaluates it;
+2. fine-tunes every arm for every seed from the baseline's best checkpoint
+   (``DIR/<arm>/seed<k>``), with the same config but for the arm's overrides, so every arm has
+   the same steps and schedule; each run is evaluated at its best-val checkpoint and at its last
+   step (fixed length, no selection);
+3. compares every arm with the control (``arseg compare``, two-level bootstrap) at both
+   checkpoints, fits the AR-loss trend of every arm (``arseg trend``) and writes the report
+   (``arseg report``) and ``DIR/summary.md``, and prints the final table.
+
+Each run is one worker process (``python -m arseg.engine.study _job``) that trains and evaluates
+it; its log is ``DIR/logs/<arm>_seed<k>.log``. A finished run is recorded in
+``DIR/state/<job>.json`` and never run again: a killed study continues where it stopped (a run
+that was cut short resumes from its ``last.ckpt``). ``arseg study DIR --eval-split SPLIT
+[--data-root ROOT]`` evaluates a finished study on another split without retraining.
+
+Every run records what produced it (``provenance.json``: arseg version, git commit, torch version,
+threads); the study prints it with the final table. Same config, same threads: same numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StudyError", "load_study_config", "register", "run_study"]
+
+_STUDY_KEYS = {
+    "name",
+    "baseline",
+    "finetune",
+    "control",
+    "arms",
+    "parallel",
+    "threads",
+    "eval_split",
+    "report_num_images",
+    "n_boot",
+}
+_ARM_KEYS = {"label", "seeds", "overrides"}
+
+
+class StudyError(ValueError):
+    """A study config or study directory that cannot be used."""
+
+
+# ----------------------------------------------------------------------------- config
+def load_study_config(path: str | Path) -> dict[str, Any]:
+    """Read and check a study config; paths become absolute, defaults are filled in.
+
+    Raises:
+        StudyError: a missing or unknown key, a wrong type, an arm without seeds, a control
+            that is not an arm.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise StudyError(f"study config {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise StudyError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: a study config is a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - _STUDY_KEYS
+    if unknown:
+        raise StudyError(
+            f"{path}: unknown study key(s) {', '.join(sorted(unknown))}; valid: "
+            f"{', '.join(sorted(_STUDY_KEYS))}"
+        )
+    for key in ("baseline", "finetune", "control", "arms"):
+        if key not in raw:
+            raise StudyError(f"{path}: missing study key {key!r}")
+    cfg: dict[str, Any] = {
+        "name": str(raw.get("name", path.stem)),
+        "parallel": raw.get("parallel", 1),
+        "threads": raw.get("threads", 1),
+        "eval_split": str(raw.get("eval_split", "val")),
+        "report_num_images": raw.get("report_num_images", 3),
+        "n_boot": raw.get("n_boot", 10_000),
+        "control": raw["control"],
+    }
+    for key in ("parallel", "threads", "n_boot", "report_num_images"):
+        value = cfg[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise StudyError(f"{path}: {key} must be a positive int, got {value!r}")
+    for key in ("baseline", "finetune"):
+        run_config = (path.parent / str(raw[key])).resolve()
+        if not run_config.is_file():
+            raise StudyError(f"{path}: {key} config {run_config} does not exist")
+        cfg[key] = str(run_config)
+    arms = raw["arms"]
+    if not isinstance(arms, dict) or not arms:
+        raise StudyError(f"{path}: arms must be a non-empty mapping of arm name -> settings")
+    cfg["arms"] = {}
+    for name, arm in arms.items():
+        if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+            raise StudyError(f"{path}: arm names are letters, digits, '-' and '_', got {name!r}")
+        if not isinstance(arm, dict):
+            raise StudyError(f"{path}: arm {name!r} must be a mapping, got {type(arm).__name__}")
+        bad = set(arm) - _ARM_KEYS
+        if bad:
+            raise StudyError(
+                f"{path}: arm {name!r} has unknown key(s) {', '.join(sorted(bad))}; valid: "
+                f"{', '.join(sorted(_ARM_KEYS))}"
+            )
+        seeds = arm.get("seeds")
+        if (
+            not isinstance(seeds, list)
+            or not seeds
+            or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds)
+            or len(set(seeds)) != len(seeds)
+        ):
+            raise StudyError(
+                f"{path}: arm {name!r} needs seeds: a list of distinct ints, got {seeds!r}"
+            )
+        overrides = arm.get("overrides") or {}
+        if not isinstance(overrides, dict):
+            raise StudyError(f"{path}: arm {name!r} overrides must be a mapping of dotted keys")
+        cfg["arms"][name] = {
+            "label": str(arm.get("label", name)),
+            "seeds": list(seeds),
+            "overrides": {str(k): v for k, v in overrides.items()},
+        }
+    if cfg["control"] not in cfg["arms"]:
+        raise StudyError(
+            f"{path}: control {cfg['control']!r} is not an arm; arms: {', '.join(cfg['arms'])}"
+        )
+    # Resolve every run config now, so that a typo in an arm fails before anything trains.
+    for arm_name in cfg["arms"]:
+        _run_config(cfg, arm_name, cfg["arms"][arm_name]["seeds"][0], Path("/nonexistent"))
+    _run_config(cfg, None, None, Path("/nonexistent"))
+    return cfg
+
+
+def _override_strings(overrides: dict[str, Any]) -> list[str]:
+    # JSON is YAML: null, 0.1, [12, 6] and "linear" read back as what they were.
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def _run_config(
+    study: dict[str, Any], arm: str | None, seed: int | None, out: Path
+) -> dict[str, Any]:
+    """The resolved run config of the baseline (``arm=None``) or of one arm's seed."""
+    from .config import ConfigError, load_config, merge_config, validate_config
+
+    threads = study["threads"] if arm is None else max(1, study["threads"] // study["parallel"])
+    cli: dict[str, Any] = {
+        "trainer": {"num_threads": threads, "enable_progress_bar": False},
+        "run_dir": str(_run_dir(out, arm, seed)),
+    }
+    try:
+        if arm is None:
+            cfg = load_config(study["baseline"], [])
+        else:
+            overrides = _override_strings(study["arms"][arm]["overrides"])
+            cfg = load_config(study["finetune"], overrides)
+            cli["seed"] = int(seed)  # type: ignore[arg-type]
+            cli["init_from"] = str(_run_dir(out, None, None))
+        return validate_config(merge_config(cfg, cli, source="the study"))
+    except ConfigError as err:
+        where = "baseline" if arm is None else f"arm {arm!r}"
+        raise StudyError(f"study {study['name']}: {where}: {err}") from None
+
+
+def _run_dir(out: Path, arm: str | None, seed: int | None) -> Path:
+    return out / "baseline" if arm is None else out / arm / f"seed{seed}"
+
+
+# ----------------------------------------------------------------------------- jobs
+@dataclass
+class _Job:
+    name: str  # "baseline" or "<arm>_seed<k>"
+    arm: str | None
+    seed: int | None
+    argv: list[str] = field(default_factory=list)  # the arseg command that trains the run
+    run_dir: Path = Path()
+
+
+def _jobs(study: dict[str, Any], out: Path) -> tuple[_Job, list[_Job]]:
+    common = ["--run-dir"]
+    baseline = _Job("baseline", None, None, run_dir=_run_dir(out, None, None))
+    threads = study["threads"]
+    baseline.argv = [
+        "fit",
+        study["baseline"],
+        *common,
+        str(baseline.run_dir),
+        f"trainer.num_threads={threads}",
+        "--no-progress",
+    ]
+    finetunes = []
+    per_run = max(1, threads // study["parallel"])
+    # seed-major order: a study stopped early still holds complete seed pairs of every arm
+    max_seeds = max(len(a["seeds"]) for a in study["arms"].values())
+    for i in range(max_seeds):
+        for arm, spec in study["arms"].items():
+            if i >= len(spec["seeds"]):
+                continue
+            seed = spec["seeds"][i]
+            job = _Job(f"{arm}_seed{seed}", arm, seed, run_dir=_run_dir(out, arm, seed))
+            job.argv = [
+                "finetune",
+                study["finetune"],
+                *_override_strings(spec["overrides"]),
+                f"trainer.num_threads={per_run}",
+                "--init-from",
+                str(baseline.run_dir),
+                "--run-dir",
+                str(job.run_dir),
+                "--seed",
+                str(seed),
+                "--no-progress",
+            ]
+            finetunes.append(job)
+    return baseline, finetunes
+
+
+def _state_path(out: Path, job: _Job) -> Path:
+    return out / "state" / f"{job.name}.json"
+
+
+def _eval_dir(run_dir: Path, split: str, checkpoint: str) -> Path:
+    return run_dir / "eval" / (split if checkpoint == "best" else f"{split}-last")
+
+
+def _worker(spec_path: str) -> int:
+    """Train (or resume) one run, then evaluate it at its best and last checkpoints."""
+    from arseg.cli import main as arseg_main
+
+    spec = json.loads(Path(spec_path).read_text())
+    run_dir = Path(spec["run_dir"])
+    argv = list(spec["argv"])
+    start = time.time()
+    if argv:  # empty: evaluate only (a finished study on another split)
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            argv.append("--resume")
+        elif run_dir.exists() and any(run_dir.iterdir()):
+            argv.append("--overwrite")  # a start that died before its first checkpoint
+        print(f"$ arseg {' '.join(argv)}", flush=True)
+        rc = arseg_main(argv)
+        if rc:
+            return rc
+    fit_s = time.time() - start
+    for checkpoint in spec["checkpoints"]:
+        target = run_dir if checkpoint == "best" else run_dir / "checkpoints" / "last.ckpt"
+        eval_argv = [
+            "eval",
+            str(target),
+            "--split",
+            spec["split"],
+            "--out",
+            str(_eval_dir(run_dir, spec["split"], checkpoint)),
+            "--no-progress",
+        ]
+        if spec.get("data_root"):
+            eval_argv += ["--data-root", spec["data_root"]]
+        print(f"$ arseg {' '.join(eval_argv)}", flush=True)
+        rc = arseg_main(eval_argv)
+        if rc:
+            return rc
+    from .provenance import provenance
+
+    state = {
+        "job": spec["name"],
+        "provenance": provenance(),
+        "fit_s": round(fit_s, 1),
+        "total_s": round(time.time() - start, 1),
+        "argv": spec["argv"],
+    }
+    tmp = Path(spec["state"]).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2))
+    os.replace(tmp, spec["state"])
+    return 0
+
+
+class _Runner:
+    """Runs jobs as worker processes, ``parallel`` at a time, and reports progress."""
+
+    def __init__(self, out: Path, total: int, parallel: int) -> None:
+        self.out = out
+        self.total = total
+        self.parallel = parallel
+        self.done = 0
+        self.start = time.time()
+        self.job_times: list[float] = []
+        self.running: dict[str, tuple[subprocess.Popen, _Job, float, Any]] = {}
+
+    def _spawn(self, job: _Job, spec: dict[str, Any]) -> None:
+        (self.out / "logs").mkdir(parents=True, exist_ok=True)
+        (self.out / "state").mkdir(parents=True, exist_ok=True)
+        spec_path = self.out / "state" / f"{job.name}.spec.json"
+        spec_path.write_text(json.dumps(spec, indent=2))
+        log = open(self.out / "logs" / f"{job.name}.log", "a")  # closed in _reap / stop
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "arseg.engine.study", "_job", str(spec_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.running[job.name] = (proc, job, time.time(), log)
+
+    def _reap(self, block: bool) -> None:
+        while self.running:
+            for name, (proc, job, started, log) in list(self.running.items()):
+                rc = proc.poll()
+                if rc is None:
+                    continue
+                log.close()
+                del self.running[name]
+                if rc != 0:
+                    self.stop()
+                    tail = _tail(self.out / "logs" / f"{job.name}.log")
+                    raise StudyError(
+                        f"run {job.name} failed (exit {rc}); its log: "
+                        f"{self.out / 'logs' / f'{job.name}.log'}{tail}"
+                    )
+                self.job_times.append(time.time() - started)
+                self.done += 1
+                self._progress(job)
+            if not block or len(self.running) < self.parallel:
+                return
+            time.sleep(0.5)
+
+    def run(self, job: _Job, spec: dict[str, Any]) -> None:
+        self._reap(block=True)
+        self._spawn(job, spec)
+
+    def wait(self) -> None:
+        while self.running:
+            self._reap(block=False)
+            time.sleep(0.5)
+
+    def skip(self, job: _Job) -> None:
+        self.done += 1
+        print(f"[{self.done:>3}/{self.total}] {job.name}: finished earlier, kept", flush=True)
+
+    def stop(self) -> None:
+        for proc, _job, _started, _log in self.running.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _job, _started, log in self.running.values():
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        self.running.clear()
+
+    def _progress(self, job: _Job) -> None:
+        elapsed = time.time() - self.start
+        metrics = _read_metrics(_eval_dir(job.run_dir, "val", "best"))
+        last = _read_metrics(_eval_dir(job.run_dir, "val", "last"))
+        what = ""
+        if metrics:
+            what = f"val mIoU best {100 * metrics['miou']:.2f}"
+            if last:
+                what += f", last {100 * last['miou']:.2f}"
+        remaining = self.total - self.done
+        eta = ""
+        if remaining and self.job_times:
+            mean = sum(self.job_times) / len(self.job_times)
+            eta = f", about {_fmt_s(mean * remaining / self.parallel)} left"
+        print(
+            f"[{self.done:>3}/{self.total}] {job.name}: done in {_fmt_s(self.job_times[-1])}"
+            f" ({what}); elapsed {_fmt_s(elapsed)}{eta}",
+            flush=True,
+        )
+
+
+def _tail(path: Path, lines: int = 3) -> str:
+    try:
+        text = path.read_text().strip().splitlines()
+    except OSError:
+        return ""
+    return "" if not text else "; it ends with: " + " | ".join(text[-lines:])
+
+
+def _fmt_s(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def _read_metrics(eval_dir: Path) -> dict[str, Any] | None:
+    path = eval_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+# ----------------------------------------------------------------------------- study
+def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
+    """Record the study config in ``out``; refuse a directory that holds another study."""
+    import yaml
+
+    recorded = out / "study.yaml"
+    if recorded.is_file():
+        previous = yaml.safe_load(recorded.read_text())
+        if previous != study:
+            changed = sorted(
+                k for k in set(previous) | set(study) if previous.get(k) != study.get(k)
+            )
+            raise StudyError(
+                f"{out} holds a study with other settings ({', '.join(changed)} differ): "
+                "use another --out, or delete it to start over"
+            )
+        return
+    if out.exists() and any(out.iterdir()):
+        raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = recorded.with_suffix(".tmp")
+    tmp.write_text(
+        f"# arseg study {config_path} --out {out}\n" + yaml.safe_dump(study, sort_keys=False)
+    )
+    os.replace(tmp, recorded)
+
+
+def run_study(
+    config: str | Path,
+    out: str | Path | None = None,
+    *,
+    eval_split: str | None = None,
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """Run (or continue) a study; returns the final table as a dict (also ``OUT/summary.json``).
+
+    Args:
+        config: a study config file, or the directory of an earlier study (to continue it, or
+            with ``eval_split`` to evaluate it on another split).
+        out: the study directory (required with a config file).
+        eval_split: evaluate the finished runs on this split instead of the study's own
+            (no training); the comparisons and the report of that split are written too.
+        data_root: dataset root for ``eval_split`` (e.g. where a test split lives).
+    """
+    config = Path(config)
+    if config.is_dir():
+        if out is not None and Path(out).resolve() != config.resolve():
+            raise StudyError("give either a study config with --out, or a study directory")
+        out = config
+        config = out / "study.yaml"
+        if not config.is_file():
+            raise StudyError(f"{out} is not a study directory (no study.yaml)")
+        import yaml
+
+        study = yaml.safe_load(config.read_text())
+    else:
+        if out is None:
+            raise StudyError("--out DIR is required with a study config")
+        out = Path(out)
+        study = load_study_config(config)
+        _prepare_out(study, config, out)
+    out = Path(out).resolve()
+    baseline, finetunes = _jobs(study, out)
+    split = eval_split or study["eval_split"]
+    retarget = eval_split is not None and eval_split != study["eval_split"]
+    jobs = [baseline, *finetunes]
+    parallel = study["parallel"]
+    runner = _Runner(out, total=len(jobs), parallel=parallel)
+    print(_provenance_line(), flush=True)
+    arm_counts = ", ".join(f"{a} x{len(s['seeds'])}" for a, s in study["arms"].items())
+    print(
+        f"study {study['name']}: 1 baseline + {len(finetunes)} fine-tunes ({arm_counts}), "
+        f"{parallel} side by side, {study['threads']} threads in all; output {out}",
+        flush=True,
+    )
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        runner.stop()
+        print(
+            f"arseg: study stopped by {signal.Signals(signum).name}; finished runs are kept: "
+            f"run the same command again to continue",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signum)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for job in jobs:
+            state = _state_path(out, job)
+            if retarget:
+                state = state.with_name(f"{job.name}.{split}.json")
+                if not _state_path(out, job).is_file():
+                    raise StudyError(
+                        f"run {job.name} of {out} is not finished: continue the study first"
+                    )
+            if state.is_file():
+                runner.skip(job)
+                continue
+            spec = {
+                "name": job.name,
+                "run_dir": str(job.run_dir),
+                "argv": [] if retarget else job.argv,
+                "split": split,
+                "data_root": data_root,
+                "checkpoints": ["best"] if job is baseline else ["best", "last"],
+                "state": str(state),
+            }
+            runner.run(job, spec)
+            if job is baseline:
+                runner.wait()  # every fine-tune starts from the baseline's best checkpoint
+        runner.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return _analyse(study, out, split)
+
+
+def _provenance_line() -> str:
+    from .provenance import provenance
+
+    p = provenance()
+    commit = p.get("git_commit") or "not a git checkout"
+    if p.get("git_dirty"):
+        commit += " (with uncommitted changes)"
+    return (
+        f"arseg {p['arseg_version']} at {commit}; torch {p['torch_version']}; "
+        f"python {p['python_version']}; {p['cpu_count']} CPUs"
+    )
+
+
+# ----------------------------------------------------------------------------- analysis
+def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
+    """Compare every arm with the control, fit the trends, write the report and the table."""
+    from arseg.cli import main as arseg_main
+
+    control = study["control"]
+    arms = study["arms"]
+    cmp_dir = out / "compare" / split
+    cmp_dir.mkdir(parents=True, exist_ok=True)
+    comparisons: dict[str, dict[str, Any]] = {}
+    for arm in arms:
+        if arm == control:
+            continue
+        for checkpoint in ("best", "last"):
+            json_path = cmp_dir / f"{arm}_vs_{control}_{checkpoint}.json"
+            md_path = json_path.with_suffix(".md")
+            argv = [
+                "compare",
+                str(out / control),
+                str(out / arm),
+                "--label-a",
+                arms[control]["label"],
+                "--label-b",
+                arms[arm]["label"],
+                "--split",
+                split,
+                "--checkpoint",
+                checkpoint,
+                "--n-boot",
+                str(study["n_boot"]),
+                "--markdown",
+                "--json",
+                str(json_path),
+            ]
+            _run_to_file(arseg_main, argv, md_path)
+            comparisons[f"{arm}/{checkpoint}"] = json.loads(json_path.read_text())
+    trend_dir = out / "trend"
+    trend_dir.mkdir(exist_ok=True)
+    for arm, spec in arms.items():
+        run = out / arm / f"seed{spec['seeds'][0]}"
+        md = trend_dir / f"{arm}.md"
+        try:
+            _run_to_file(
+                arseg_main, ["trend", str(run), "--json", str(md.with_suffix(".json"))], md
+            )
+        except StudyError as err:  # e.g. a run too short for a regression: the rest still counts
+            print(f"arseg: warning: no trend for {arm}: {err}", file=sys.stderr)
+    first = {arm: out / arm / f"seed{spec['seeds'][0]}" for arm, spec in arms.items()}
+    report_runs = [str(out / "baseline"), *(str(r) for r in first.values())]
+    labels = ["CE baseline", *(f"{arms[a]['label']} (seed {arms[a]['seeds'][0]})" for a in arms)]
+    _run_to_file(
+        arseg_main,
+        [
+            "report",
+            *report_runs,
+            "-o",
+            str(out / "report" / split),
+            "--labels",
+            *labels,
+            "--split",
+            split,
+            "--title",
+            f"arseg study {study['name']} ({split})",
+            "--n-boot",
+            str(study["n_boot"]),
+            "--num-images",
+            str(study["report_num_images"]),
+        ],
+        out / "logs" / f"report_{split}.log",
+    )
+    table = _table(study, out, split, comparisons)
+    (out / f"summary_{split}.md").write_text(table["markdown"])
+    (out / f"summary_{split}.json").write_text(json.dumps(table["data"], indent=2))
+    print(table["markdown"], flush=True)
+    return table["data"]
+
+
+def _run_to_file(main: Any, argv: list[str], path: Path) -> None:
+    """Run an arseg command in this process, its standard output written to ``path``."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        try:
+            rc = main(argv)
+        except SystemExit as exit_:  # argparse refusing an option
+            rc = exit_.code if isinstance(exit_.code, int) else 2
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(buffer.getvalue())
+    if rc:
+        raise StudyError(f"`arseg {' '.join(argv)}` failed (exit {rc}); its output: {path}")
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, var**0.5
+
+
+def _table(
+    study: dict[str, Any], out: Path, split: str, comparisons: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    from .provenance import provenance
+
+    rows: dict[str, Any] = {}
+    base = _read_metrics(_eval_dir(out / "baseline", split, "best"))
+    for arm, spec in study["arms"].items():
+        for checkpoint in ("best", "last"):
+            metrics = [
+                _read_metrics(_eval_dir(out / arm / f"seed{s}", split, checkpoint))
+                for s in spec["seeds"]
+            ]
+            metrics = [m for m in metrics if m]
+            row: dict[str, Any] = {"arm": arm, "label": spec["label"], "seeds": len(metrics)}
+            for key in ("miou", "boundary_iou", "pixel_acc", "val_ar"):
+                values = [m[key] for m in metrics if m.get(key) is not None]
+                if values:
+                    row[key] = _mean_std(values)
+            cmp = comparisons.get(f"{arm}/{checkpoint}")
+            if cmp is not None:
+                row["delta"] = cmp
+            rows[f"{arm}/{checkpoint}"] = row
+    data = {
+        "study": study["name"],
+        "split": split,
+        "provenance": provenance(),
+        "baseline": base,
+        "rows": rows,
+    }
+    lines = [
+        f"## Study {study['name']}: {split} split",
+        "",
+        _provenance_line(),
+        "",
+    ]
+    if base:
+        bi = base.get("boundary_iou")
+        lines.append(
+            f"CE baseline: mIoU {100 * base['miou']:.2f} %, pixel acc {100 * base['pixel_acc']:.2f} %"
+            + (f", Boundary IoU {100 * bi:.2f} %" if bi is not None else "")
+            + f", val AR {base['val_ar']:.4f}"
+        )
+        lines.append("")
+    lines += [
+        "| arm | checkpoint | seeds | mIoU % | Boundary IoU % | pixel acc % | val AR | "
+        "mIoU vs control (95% CI) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+
+    def pct(row: dict[str, Any], key: str) -> str:
+        if key not in row:
+            return "n/a"
+        m, s = row[key]
+        return f"{100 * m:.2f} ± {100 * s:.2f}"
+
+    for key, row in rows.items():
+        arm, checkpoint = key.split("/")
+        ar = f"{row['val_ar'][0]:.4f} ± {row['val_ar'][1]:.4f}" if "val_ar" in row else "n/a"
+        delta = "control" if arm == study["control"] else _delta_text(row.get("delta"))
+        lines.append(
+            f"| {row['label']} | {checkpoint} | {row['seeds']} | {pct(row, 'miou')} | "
+            f"{pct(row, 'boundary_iou')} | {pct(row, 'pixel_acc')} | {ar} | {delta} |"
+        )
+    lines.append("")
+    return {"markdown": "\n".join(lines) + "\n", "data": data}
+
+
+def _delta_text(cmp: dict[str, Any] | None) -> str:
+    if not cmp:
+        return "n/a"
+    miou = cmp.get("miou") or {}
+    diff = miou.get("diff", miou.get("delta"))
+    lo, hi = (miou.get("ci") or miou.get("interval") or [None, None])[:2]
+    if diff is None or lo is None:
+        return "n/a"
+    text = f"{100 * diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    if lo > 0 or hi < 0:
+        text += " (excludes 0)"
+    return text
+
+
+# ----------------------------------------------------------------------------- CLI
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .cli import _expected_errors, _fail
+
+    try:
+        run_study(args.config, args.out, eval_split=args.eval_split, data_root=args.data_root)
+    except (StudyError, *_expected_errors()) as err:
+        return _fail(err)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``arseg study`` to the ``arseg`` parser."""
+    p = subparsers.add_parser(
+        "study",
+        help="the whole protocol: CE baseline, every arm x seed fine-tune, eval, compare, report",
+        description="Run a study config (see configs/camvid/pretrained/study.yaml): the CE "
+        "baseline, then every fine-tune arm for every seed from its best checkpoint, each run "
+        "evaluated at its best and last checkpoints, then compare (every arm vs the control), "
+        "trend and report. Resumable: run the same command again after a kill. With a study "
+        "directory and --eval-split, evaluates the finished runs on another split.",
+    )
+    p.add_argument("config", type=Path, help="study config YAML, or the directory of a study")
+    p.add_argument("--out", type=Path, default=None, help="study directory (runs, tables, report)")
+    p.add_argument(
+        "--eval-split",
+        default=None,
+        help="evaluate a finished study on this split (no training)",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="dataset root for --eval-split (if it lives elsewhere)"
+    )
+    p.set_defaults(func=_cmd_study)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "_job":
+        sys.exit(_worker(sys.argv[2]))
+    sys.exit("usage: python -m arseg.engine.study _job SPEC.json (internal to arseg study)")
