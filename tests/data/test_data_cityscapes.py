@@ -1,4 +1,5 @@
-"""Cityscapes: a tiny official-layout tree, labelIds and labelTrainIds, checked value by value."""
+"""Cityscapes: the label table against the published values; a tiny official-layout tree,
+labelIds and labelTrainIds, checked value by value."""
 
 from __future__ import annotations
 
@@ -7,11 +8,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from cityscapesscripts.helpers.labels import id2label
 from PIL import Image
 from torch.utils.data import DataLoader
 
 from arseg.data import DatasetError, build_dataset
+from arseg.data.cityscapes import (
+    CITYSCAPES_CLASSES,
+    CITYSCAPES_LABELS,
+    CITYSCAPES_PALETTE,
+    ID_TO_TRAIN_ID,
+)
+
+# The 19 benchmark classes as the Cityscapes benchmark and its scripts publish them:
+# (train id, labelIds id, name, colour).
+PUBLISHED_TRAIN_CLASSES = [
+    (0, 7, "road", (128, 64, 128)),
+    (1, 8, "sidewalk", (244, 35, 232)),
+    (2, 11, "building", (70, 70, 70)),
+    (3, 12, "wall", (102, 102, 156)),
+    (4, 13, "fence", (190, 153, 153)),
+    (5, 17, "pole", (153, 153, 153)),
+    (6, 19, "traffic light", (250, 170, 30)),
+    (7, 20, "traffic sign", (220, 220, 0)),
+    (8, 21, "vegetation", (107, 142, 35)),
+    (9, 22, "terrain", (152, 251, 152)),
+    (10, 23, "sky", (70, 130, 180)),
+    (11, 24, "person", (220, 20, 60)),
+    (12, 25, "rider", (255, 0, 0)),
+    (13, 26, "car", (0, 0, 142)),
+    (14, 27, "truck", (0, 0, 70)),
+    (15, 28, "bus", (0, 60, 100)),
+    (16, 31, "train", (0, 80, 100)),
+    (17, 32, "motorcycle", (0, 0, 230)),
+    (18, 33, "bicycle", (119, 11, 32)),
+]
+# the 15 labels of ids 0..33 the benchmark ignores (34 - 19)
+PUBLISHED_IGNORED_IDS = {0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30}
 
 H, W = 8, 16
 
@@ -30,6 +62,78 @@ def write_frame(root: Path, split: str, city: str, frame: int, label: np.ndarray
         gt_dir / f"{stem}_gtFine_color.png"
     )
     return stem
+
+
+def test_label_table_matches_the_published_values():
+    assert len(CITYSCAPES_LABELS) == 35
+    by_id = {lab.id: lab for lab in CITYSCAPES_LABELS}
+    assert sorted(by_id) == list(range(-1, 34))
+    for train_id, label_id, name, color in PUBLISHED_TRAIN_CLASSES:
+        lab = by_id[label_id]
+        assert (lab.name, lab.train_id, lab.color, lab.ignore_in_eval) == (
+            name,
+            train_id,
+            color,
+            False,
+        )
+    assert CITYSCAPES_CLASSES == tuple(
+        n.replace(" ", "_") for _, _, n, _ in PUBLISHED_TRAIN_CLASSES
+    )
+    assert CITYSCAPES_PALETTE == [c for _, _, _, c in PUBLISHED_TRAIN_CLASSES]
+    ignored = {lab.id for lab in CITYSCAPES_LABELS if lab.ignore_in_eval and lab.id >= 0}
+    assert ignored == PUBLISHED_IGNORED_IDS
+    assert all(by_id[i].train_id == 255 for i in PUBLISHED_IGNORED_IDS)
+    plate = by_id[-1]
+    assert (plate.name, plate.train_id, plate.category, plate.ignore_in_eval) == (
+        "license plate",
+        -1,
+        "vehicle",
+        True,
+    )
+    assert ID_TO_TRAIN_ID == {i: by_id[i].train_id if i not in ignored else 255 for i in range(34)}
+    # categories in category-id order; instance classes are the humans and vehicles (not the
+    # license plate)
+    cats = {lab.category_id: lab.category for lab in CITYSCAPES_LABELS}
+    assert [cats[i] for i in range(8)] == [
+        "void",
+        "flat",
+        "construction",
+        "object",
+        "nature",
+        "sky",
+        "human",
+        "vehicle",
+    ]
+    instances = {lab.name for lab in CITYSCAPES_LABELS if lab.has_instances}
+    assert instances == {
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "caravan",
+        "trailer",
+        "train",
+        "motorcycle",
+        "bicycle",
+    }
+    colors = {lab.name: lab.color for lab in CITYSCAPES_LABELS}
+    assert colors["dynamic"] == (111, 74, 0) and colors["ground"] == (81, 0, 81)
+    assert colors["parking"] == (250, 170, 160) and colors["rail track"] == (230, 150, 140)
+    assert colors["guard rail"] == (180, 165, 180) and colors["tunnel"] == (150, 120, 90)
+    assert colors["caravan"] == (0, 0, 90) and colors["trailer"] == (0, 0, 110)
+
+
+def test_label_table_equals_the_official_scripts_when_installed():
+    # cityscapesscripts is no dependency; where it happens to be installed, compare row by row
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels").labels
+    official = [
+        (x.name, x.id, x.trainId, x.category, x.categoryId, x.hasInstances, x.ignoreInEval, x.color)
+        for x in labels
+    ]
+    assert [tuple(lab) for lab in CITYSCAPES_LABELS] == [
+        (*row[:7], tuple(row[7])) for row in official
+    ]
 
 
 @pytest.fixture
@@ -54,9 +158,9 @@ def test_reads_both_label_kinds_value_by_value(tree):
     assert ds.classes[0] == "road" and ds.classes[18] == "bicycle"
     assert ds.sample_name(0) == "aachen_000000_000019"
     _, y = ds.load(0)
+    id_to_train = {lid: tid for tid, lid, _, _ in PUBLISHED_TRAIN_CLASSES}
     for (r, c), v in np.ndenumerate(ids):
-        train_id = id2label[int(v)].trainId
-        assert y[r, c] == (train_id if 0 <= train_id < 255 else 255)
+        assert y[r, c] == id_to_train.get(int(v), 255)
     _, y = ds.load(1)
     assert np.array_equal(y, train_ids)
     _, y = build_dataset("cityscapes", root=root, split="val").load(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import importlib
 from collections.abc import Callable
 
 from torch import nn
@@ -13,13 +14,19 @@ __all__ = ["build_model", "is_model", "list_models", "model_entrypoint", "regist
 
 ModelBuilder = Callable[..., nn.Module]
 _MODEL_ENTRYPOINTS: dict[str, ModelBuilder] = {}
+# Builders listed by name and imported only when built, so that an optional library (smp) is
+# neither needed nor imported to list the models: name -> "module:function".
+_LAZY_ENTRYPOINTS: dict[str, str] = {
+    name: f"arseg.integrations.smp:{name}"
+    for name in ("smp_deeplabv3plus", "smp_fpn", "smp_segformer", "smp_unet", "smp_upernet")
+}
 
 
 def register_model(fn: ModelBuilder) -> ModelBuilder:
     """Register a builder ``fn(num_classes, pretrained=False, **options) -> nn.Module``
     under its function name (decorator)."""
     name = fn.__name__
-    if name in _MODEL_ENTRYPOINTS:
+    if name in _MODEL_ENTRYPOINTS or name in _LAZY_ENTRYPOINTS:
         raise ValueError(f"model {name!r} is already registered")
     _MODEL_ENTRYPOINTS[name] = fn
     return fn
@@ -27,16 +34,21 @@ def register_model(fn: ModelBuilder) -> ModelBuilder:
 
 def list_models(pattern: str = "*") -> list[str]:
     """Sorted registered model names matching a shell-style ``pattern`` (e.g. ``"pspnet*"``)."""
-    return sorted(n for n in _MODEL_ENTRYPOINTS if fnmatch.fnmatchcase(n, pattern))
+    names = {*_MODEL_ENTRYPOINTS, *_LAZY_ENTRYPOINTS}
+    return sorted(n for n in names if fnmatch.fnmatchcase(n, pattern))
 
 
 def is_model(name: str) -> bool:
-    return name in _MODEL_ENTRYPOINTS
+    return name in _MODEL_ENTRYPOINTS or name in _LAZY_ENTRYPOINTS
 
 
 def model_entrypoint(name: str) -> ModelBuilder:
     if not isinstance(name, str):
         raise TypeError(f"model name must be a str, got {type(name).__name__}")
+    if name in _LAZY_ENTRYPOINTS:
+        # the module imports its library inside the builder: importing it here is cheap
+        module, function = _LAZY_ENTRYPOINTS[name].split(":")
+        return getattr(importlib.import_module(module), function)
     try:
         return _MODEL_ENTRYPOINTS[name]
     except KeyError:
@@ -48,7 +60,8 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, **options
 
     Args:
         name: one of :func:`list_models` (e.g. ``"lwrefinenet50"``, ``"pspnet101"``,
-            ``"icnet50"``).
+            ``"icnet50"``, ``"smp_unet"``: the ``smp_*`` models need the ``smp`` extra, see
+            :mod:`arseg.integrations.smp`).
         num_classes: number of output classes ``C``.
         pretrained: load ImageNet weights for the encoder through timm (needs a download the
             first time; tests never use it).
