@@ -67,7 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as err:  # an extra not installed: one line naming it
+        from arseg._extras import missing_extra_message
+
+        message = missing_extra_message(err, f"'arseg {args.command}'", args.func.__module__)
+        if message is None:  # no extra provides that module: a bug, keep the traceback
+            raise
+        print(f"arseg: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
