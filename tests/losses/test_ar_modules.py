@@ -17,14 +17,16 @@ def make_batch(seed=0, num_classes=5, low=(12, 16), high=(48, 64)):
     return logits, target
 
 
-def test_arloss_matches_functional_and_ignores_mmseg_kwargs():
+def test_arloss_matches_functional_under_mmseg_style_calls():
     logits, target = make_batch()
     criterion = ARLoss(scales=[(6, 8), 3], method="factorized")
     expected = ar_loss(logits, target, scales=[(6, 8), 3], method="factorized")
     torch.testing.assert_close(criterion(logits, target), expected)
     # mmseg decode heads call loss(seg_logits, seg_label, weight=..., ignore_index=...).
-    got = criterion(logits, target, weight=torch.ones(2, 48, 64), ignore_index=255, avg_factor=3)
+    got = criterion(logits, target, weight=torch.ones(2, 48, 64), ignore_index=255, other=3)
     torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="avg_factor"):
+        criterion(logits, target, avg_factor=3)
     assert criterion.loss_name == "loss_ar"
     assert "scales" in repr(criterion)
 
@@ -86,13 +88,17 @@ def test_cearloss_same_resolution_and_class_weight():
     logits, target = make_batch(3, low=(48, 64))
     weights = [1.0, 2.0, 0.5, 3.0, 1.5]
     criterion = CEARLoss(lambda_ar=0.5, class_weight=weights, scales=None)
-    total, ce, ar = criterion(logits, target, weight=None, ignore_index=255)
+    total, ce, ar = criterion(logits, target)
     expected_ce = F.cross_entropy(logits, target, weight=torch.tensor(weights), ignore_index=255)
     torch.testing.assert_close(ce, expected_ce)
     torch.testing.assert_close(ar, ar_loss(logits, target, scales=None))
     torch.testing.assert_close(total, ce + 0.5 * ar)
     assert "class_weight" in dict(criterion.named_buffers())
-    assert criterion.loss_name == "loss_ar"
+    assert criterion.loss_name == "loss_ce_ar"  # a tuple-returning loss, not mmseg's "loss_ar"
+    with pytest.raises(ValueError, match="no per-pixel weight"):
+        criterion(logits, target, weight=torch.ones(2, 48, 64))
+    with pytest.raises(TypeError):
+        criterion(logits, target, ignore_index=255)  # never silently dropped
 
 
 def test_cearloss_all_ignored_is_zero_with_zero_gradients():

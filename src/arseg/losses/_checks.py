@@ -35,12 +35,59 @@ def check_target(target: object, name: str = "target") -> None:
         raise TypeError(
             f"{name} must hold integer class labels (e.g. torch.int64), got {_describe(target)}"
         )
-    if target.ndim != 3:
-        raise ValueError(f"{name} must have 3 dimensions (B, H, W), got {_describe(target)}")
-    if target.shape[1] < 1 or target.shape[2] < 1:
+    if not (target.ndim == 3 or (target.ndim == 4 and target.shape[1] == 1)):
+        raise ValueError(
+            f"{name} must have 3 dimensions (B, H, W) or 4 with one channel (B, 1, H, W), "
+            f"got {_describe(target)}"
+        )
+    if target.shape[-2] < 1 or target.shape[-1] < 1:
         raise ValueError(
             f"{name} must have at least one pixel (H>=1, W>=1), got {_describe(target)}"
         )
+
+
+def label_map(target: Tensor) -> Tensor:
+    """(B, H, W) view of a checked (B, H, W) or (B, 1, H, W) target."""
+    return target.squeeze(1) if target.ndim == 4 else target
+
+
+def class_logits(logits: Tensor) -> Tensor:
+    """(B, C, h, w) class scores of checked logits; a one-channel (sigmoid) map becomes two.
+
+    One channel ``z`` is the logit of class 1 (foreground): the two-class distribution
+    ``(1 - p, p)`` with ``p = sigmoid(z)`` is exactly ``softmax((0, z))``, so the map is padded
+    with a zero channel in front (differentiable; labels must then be 0, 1 or ignored).
+    """
+    if logits.shape[1] != 1:
+        return logits
+    return torch.cat([torch.zeros_like(logits), logits], dim=1)
+
+
+def check_weight(weight: object, target: Tensor) -> Tensor:
+    """Per-pixel weights (B, H, W) or (B, 1, H, W), finite and >= 0, shaped like the target.
+
+    Returns the (B, H, W) weights. The value check is one synchronisation (an in-graph assert
+    under ``torch.compile``, as in :func:`check_label_values`).
+    """
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a torch.Tensor (B, H, W), got {type(weight).__name__}")
+    if not weight.dtype.is_floating_point:
+        raise TypeError(f"weight must be a floating-point tensor, got {_describe(weight)}")
+    labels = label_map(target)
+    w = weight.squeeze(1) if weight.ndim == 4 and weight.shape[1] == 1 else weight
+    if w.shape != labels.shape:
+        raise ValueError(
+            f"weight must have the target's shape {tuple(labels.shape)} (B, H, W), "
+            f"got {_describe(weight)}"
+        )
+    if w.device != labels.device:
+        raise ValueError(f"weight must be on the target's device {labels.device}, got {w.device}")
+    ok = (torch.isfinite(w) & (w >= 0)).all()
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, "weight must be finite and >= 0 everywhere")
+    elif not bool(ok):
+        raise ValueError("weight must be finite and >= 0 everywhere")
+    return w
 
 
 def check_ignore_index(ignore_index: object) -> None:
@@ -65,10 +112,20 @@ def check_batch(logits: Tensor, target: Tensor) -> None:
 def check_label_values(target: Tensor, num_classes: int | None, ignore_index: int) -> None:
     """Every label must be in [0, num_classes) or equal ``ignore_index``.
 
-    One device-to-host synchronisation; skipped while ``torch.compile`` traces (a data-dependent
-    branch would break the graph).
+    One device-to-host synchronisation. While ``torch.compile`` traces, the check becomes an
+    in-graph ``torch._assert_async`` (no graph break, no values in the message): on CPU it raises
+    ``RuntimeError`` with this message; on CUDA it is a device-side assert, which CUDA reports
+    without the message (as it would the index error it replaces).
     """
-    if torch.compiler.is_compiling() or target.numel() == 0:
+    if target.numel() == 0:
+        return
+    upper = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
+    if torch.compiler.is_compiling():
+        t = target.long()
+        ok = (t == ignore_index) | ((t >= 0) & (t < (num_classes or torch.iinfo(torch.int64).max)))
+        torch._assert_async(
+            ok.all(), f"target labels must be in {upper} or equal ignore_index={ignore_index}"
+        )
         return
     # Compare in the target's own dtype only where ignore_index is representable in it: an int8
     # target would otherwise compare against 255 wrapped to -1 (and uint8 against -1 as 255),
@@ -86,7 +143,6 @@ def check_label_values(target: Tensor, num_classes: int | None, ignore_index: in
     if num_classes is not None:
         bad |= (target >= num_classes) & ~ignored
     values = torch.unique(target[bad])[:8].tolist()
-    upper = f"[0, {num_classes - 1}]" if num_classes is not None else ">= 0"
     raise ValueError(
         f"target labels must be in {upper} or equal ignore_index={ignore_index}, found {values}"
     )

@@ -23,7 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_ignore_index, check_label_values, check_logits, check_target
+from ._checks import (
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+    class_logits,
+    label_map,
+)
 from .sampling import normalize_scales, sample_positions
 
 __all__ = ["KERNELS", "label_affinity", "prediction_affinity", "sqrt_affinity"]
@@ -98,8 +105,8 @@ def label_affinity(
     """Label affinity ``M_ij = [L_i == L_j]`` at the sampled positions.
 
     Args:
-        target: (B, H, W) integer labels (any integer dtype); ``ignore_index`` marks unlabelled
-            pixels.
+        target: (B, H, W) or (B, 1, H, W) integer labels (any integer dtype); ``ignore_index``
+            marks unlabelled pixels.
         scales: grid sizes (see :func:`arseg.losses.sampling.normalize_scales`), or ``None`` for
             one position per pixel of ``size``.
         ignore_index: label value excluded from the affinity.
@@ -118,6 +125,7 @@ def label_affinity(
     """
     check_target(target)
     check_ignore_index(ignore_index)
+    target = label_map(target)
     check_label_values(target, None, ignore_index)
     grids = normalize_scales(scales)
     labels = sample_target(target, grids, size if size is not None else tuple(target.shape[-2:]))
@@ -134,7 +142,8 @@ def prediction_affinity(
     """Prediction affinity ``A = S^T S`` at the sampled positions, for either kernel.
 
     Args:
-        logits: (B, C, h, w) float16/bfloat16/float32/float64 class scores (softmax over C).
+        logits: (B, C, h, w) float16/bfloat16/float32/float64 class scores (softmax over C;
+            C = 1: a sigmoid map, the two classes ``(1 - p, p)``).
         scales: grid sizes, or ``None`` for every logit position (N = h * w).
         kernel: ``"sqrt"`` (``A_ij = sum_k sqrt(p_ik p_jk)``, 1 on the diagonal) or ``"linear"``
             (``A_ij = sum_k p_ik p_jk``).
@@ -150,6 +159,7 @@ def prediction_affinity(
     """
     check_logits(logits)
     check_kernel(kernel)
+    logits = class_logits(logits)
     grids = normalize_scales(scales)
     sampled = sample_positions(logits, grids) if grids is not None else logits.flatten(2)
     s = kernel_features(sampled, kernel)

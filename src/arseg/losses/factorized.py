@@ -26,6 +26,11 @@ rule from S to the logits z differs (p = softmax(z), g = dL/dS, per column):
 
 * sqrt, S = exp(0.5 log p):  dz = 0.5 (g * S - S^2 * sum_c g_c S_c);
 * linear, S = p:             dz = g * S - S * sum_c g_c S_c.
+
+Per-position weights w (pairs weighted w_i w_j) are the same sum for S' = S diag(sqrt w) and
+Y' = diag(sqrt w) Y, so D' = D diag(sqrt w) and ``G = D diag(w) D^T``, ``H = D diag(w) Y``,
+``n_k = sum_i w_i [L_i = k]``; the gradient with respect to the unweighted S is the same expression
+built with those matrices, times w column-wise (no square root or division is needed).
 """
 
 from __future__ import annotations
@@ -45,9 +50,12 @@ class _FactorizedSqSum(torch.autograd.Function):
     # exactly), so repeated backward passes (retain_graph, gradcheck) see the same D.
 
     @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, valid: Tensor, linear: bool) -> Tensor:
+    def forward(
+        ctx, logits: Tensor, labels: Tensor, valid: Tensor, linear: bool, weight: Tensor | None
+    ) -> Tensor:
         # logits (B, C, N) float32/float64; labels (B, N) int64 in [0, C) (ignored mapped to 0);
-        # valid (B, N) bool; linear: S = softmax instead of sqrt(softmax).
+        # valid (B, N) bool; linear: S = softmax instead of sqrt(softmax); weight: None or (B, N)
+        # in the logits' dtype, 0 at invalid positions.
         batch, num_classes, n = logits.shape
         valid_f = valid.unsqueeze(1).to(logits.dtype)  # (B, 1, N)
         index = labels.unsqueeze(1)  # (B, 1, N)
@@ -56,25 +64,28 @@ class _FactorizedSqSum(torch.autograd.Function):
         d = F.log_softmax(logits, dim=1)
         torch.add(valid_f.log(), d, alpha=1.0 if linear else 0.5, out=d).exp_()
         d.scatter_add_(1, index, valid_f.neg())  # D = S - Y^T (0 at ignored columns)
-        g = d @ d.transpose(1, 2)  # (B, C, C)
+        dw = d if weight is None else d * weight.unsqueeze(1)  # D diag(w)
+        g = dw @ d.transpose(1, 2)  # (B, C, C)
         h = d.new_zeros(batch, num_classes, num_classes)
-        h.scatter_add_(2, index.expand(batch, num_classes, n), d)  # H = D Y
-        counts = d.new_zeros(batch, num_classes).scatter_add_(1, labels, valid_f.squeeze(1))
+        h.scatter_add_(2, index.expand(batch, num_classes, n), dw)  # H = D diag(w) Y
+        mass = valid_f.squeeze(1) if weight is None else weight
+        counts = d.new_zeros(batch, num_classes).scatter_add_(1, labels, mass)
+        del dw
         out = (
             2 * (counts * g.diagonal(dim1=1, dim2=2)).sum(dim=1)
             + 2 * (h * h.transpose(1, 2)).sum(dim=(1, 2))
             + g.square().sum(dim=(1, 2))
             + 4 * (h * g).sum(dim=(1, 2))
         )
-        ctx.save_for_backward(g, h, counts, labels, valid_f)
+        ctx.save_for_backward(g, h, counts, labels, valid_f, weight)
         ctx.residual = d  # an intermediate: kept on ctx, modified in place and restored below
         ctx.linear = linear
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None, None]:
-        g, h, counts, labels, valid_f = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None, None, None]:
+        g, h, counts, labels, valid_f, weight = ctx.saved_tensors
         d = ctx.residual
         batch, num_classes, n = d.shape
         index = labels.unsqueeze(1)
@@ -82,8 +93,10 @@ class _FactorizedSqSum(torch.autograd.Function):
         # the sqrt chain rule below are folded into the C x C matrices.
         coef = ((4 if ctx.linear else 2) * grad_out).view(batch, 1, 1)
         ht_g = (h.transpose(1, 2) + g) * coef
-        w = ht_g + (h + torch.diag_embed(counts)) * coef
-        grad = torch.gather(ht_g, 2, index.expand(batch, num_classes, n)).baddbmm_(w, d)
+        m = ht_g + (h + torch.diag_embed(counts)) * coef
+        grad = torch.gather(ht_g, 2, index.expand(batch, num_classes, n)).baddbmm_(m, d)
+        if weight is not None:
+            grad.mul_(weight.unsqueeze(1))
         # Chain rule through S = exp(0.5 * log_softmax(z)), with S = D + Y^T the masked S (0 at
         # ignored columns, so their gradient vanishes): dz = dS * S - S^2 * sum_c (dS * S); for
         # S = softmax(z): dz = dS * S - S * sum_c (dS * S). (p = S^2 resp. S.)
@@ -92,11 +105,15 @@ class _FactorizedSqSum(torch.autograd.Function):
         p = s if ctx.linear else s * s
         grad.addcmul_(p, grad.sum(dim=1, keepdim=True), value=-1)
         s.scatter_add_(1, index, valid_f.neg())  # back to D
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
 def factorized_sq_sum(
-    logits: Tensor, labels: Tensor, valid: Tensor, kernel: str = "sqrt"
+    logits: Tensor,
+    labels: Tensor,
+    valid: Tensor,
+    kernel: str = "sqrt",
+    weight: Tensor | None = None,
 ) -> Tensor:
     """Per-image ``sum_ij (A - M)_ij^2`` over valid pairs, from sampled logits, without N x N.
 
@@ -105,8 +122,10 @@ def factorized_sq_sum(
         labels: (B, N) int64 labels in [0, C) at valid positions (any value in [0, C) elsewhere).
         valid: (B, N) bool, False at ignored positions.
         kernel: ``"sqrt"`` (S = sqrt(softmax)) or ``"linear"`` (S = softmax).
+        weight: optional (B, N) per-position weights in the logits' dtype, 0 at invalid
+            positions: the sum becomes ``sum_ij w_i w_j (A - M)_ij^2``.
 
     Returns:
         (B,) in the dtype of ``logits``; differentiable with respect to ``logits`` (first order).
     """
-    return _FactorizedSqSum.apply(logits, labels, valid, kernel == "linear")
+    return _FactorizedSqSum.apply(logits, labels, valid, kernel == "linear", weight)

@@ -11,6 +11,9 @@ from ._checks import (
     check_label_values,
     check_logits,
     check_target,
+    check_weight,
+    class_logits,
+    label_map,
 )
 from .affinity import (
     KERNELS,
@@ -36,10 +39,12 @@ REDUCTIONS = ("mean", "sum", "none")
 METHODS = ("auto", "explicit", "factorized")
 
 
-def _explicit_sq_sum(s: Tensor, y_t: Tensor) -> Tensor:
-    """sum_ij (A - M)^2 per image, with A = S^T S and M = Y Y^T built as (B, N, N)."""
-    diff = s.transpose(1, 2) @ s - y_t.transpose(1, 2) @ y_t
-    return diff.square().sum(dim=(1, 2))
+def _explicit_sq_sum(s: Tensor, y_t: Tensor, weight: Tensor | None = None) -> Tensor:
+    """sum_ij w_i w_j (A - M)^2 per image (w = 1 without weights), A = S^T S, M = Y Y^T."""
+    sq = (s.transpose(1, 2) @ s - y_t.transpose(1, 2) @ y_t).square()
+    if weight is not None:
+        sq = sq * (weight.unsqueeze(2) * weight.unsqueeze(1))
+    return sq.sum(dim=(1, 2))
 
 
 def ar_loss(
@@ -51,6 +56,7 @@ def ar_loss(
     reduction: str = "mean",
     method: str = "auto",
     kernel: str = "sqrt",
+    weight: Tensor | None = None,
 ) -> Tensor:
     r"""Affinity Regression (AR) loss of Cao & Yang, "Use square root affinity to regress labels".
 
@@ -63,26 +69,35 @@ def ar_loss(
         \ell = \frac{1}{n_\mathrm{valid}^2} \sum_{i, j\ \mathrm{valid}} (A_{ij} - M_{ij})^2
 
     per image, diagonal included. Positions labelled ``ignore_index`` are dropped from rows and
-    columns and the mean runs over the ``n_valid^2`` valid pairs. ``kernel="linear"`` replaces
+    columns and the mean runs over the ``n_valid^2`` valid pairs. With per-pixel ``weight`` the
+    weights ``w`` are sampled at the same positions as the labels and each pair counts
+    ``w_i w_j``: :math:`\ell = \sum_{ij} w_i w_j (A_{ij} - M_{ij})^2 / (\sum_i w_i)^2` over
+    valid positions (all ones: the unweighted loss exactly; a zero removes the position exactly
+    as ``ignore_index`` does). ``kernel="linear"`` replaces
     ``S`` by the softmax ``P`` itself (``A = P^T P``, the ablation the paper argues against).
 
     Args:
         logits: (B, C, h, w) float16, bfloat16, float32 or float64 class scores (before softmax).
             Any memory layout (channels_last, non-contiguous views).
-        target: (B, H, W) integer labels in [0, C) or ``ignore_index``. H, W may differ from
-            h, w (networks predict at 1/4 or 1/8 of the label size).
+            One channel (C = 1, a sigmoid map ``z``) is the two-class distribution
+            ``(1 - sigmoid(z), sigmoid(z))``, i.e. labels 0 = background, 1 = foreground.
+        target: (B, H, W) or (B, 1, H, W) integer labels in [0, C) or ``ignore_index``. H, W
+            may differ from h, w (networks predict at 1/4 or 1/8 of the label size).
         scales: grid sizes, each an int ``s`` (s x s) or a pair ``(gh, gw)``; the positions of all
             grids are concatenated, cross-scale pairs included. Default ``(12, 6)``: N = 180 as in
             the paper. ``None``: every logit position (N = h * w), the target sampled at the
             centres of the logit cells.
         ignore_index: label of unlabelled pixels.
-        reduction: ``"mean"`` (over the images that have at least one valid position),
-            ``"sum"`` or ``"none"`` ((B,) per image, 0 where no position is valid).
+        reduction: ``"mean"`` (over the images that have at least one valid position of
+            positive weight), ``"sum"`` or ``"none"`` ((B,) per image, 0 where no position is
+            valid).
         method: ``"explicit"`` builds the (B, N, N) matrices; ``"factorized"`` computes the same
             value from C x C products (O(N C^2) time, O(C^2) extra memory, any N); ``"auto"``
             picks explicit for N <= ``AUTO_EXPLICIT_MAX_POSITIONS`` (1024), factorized above.
         kernel: ``"sqrt"`` (default, the paper: ``A = sqrt(P)^T sqrt(P)``) or ``"linear"``
             (``A = P^T P``); both methods support both.
+        weight: optional (B, H, W) or (B, 1, H, W) per-pixel weights >= 0 at the target's
+            resolution (e.g. mmsegmentation's OHEM ``seg_weight``).
 
     Returns:
         Scalar (or (B,) for ``"none"``) float32 tensor; float64 if the logits are float64. The
@@ -93,7 +108,12 @@ def ar_loss(
         TypeError: non-tensor inputs, non-float logits, a floating-point (or bool) target.
         ValueError: wrong ranks, batch mismatch, a label outside [0, C) that is not
             ``ignore_index``, non-positive scales, unknown ``reduction``, ``method`` or
-            ``kernel``.
+            ``kernel``, a weight map of another shape or with negative / non-finite values.
+
+    Under ``torch.compile`` the label-range and weight-value checks run inside the graph
+    (``torch._assert_async``, no graph break): on CPU a bad label raises ``RuntimeError`` with the
+    message above without the offending values; on CUDA it is a device-side assert, reported by
+    CUDA without the message. Run once eagerly to see the values.
 
     Example:
         >>> logits = torch.randn(2, 19, 64, 128, requires_grad=True)  # 1/4 of the labels
@@ -109,6 +129,9 @@ def ar_loss(
     check_target(target)
     check_batch(logits, target)
     check_ignore_index(ignore_index)
+    pixel_weight = check_weight(weight, target) if weight is not None else None
+    target = label_map(target)
+    logits = class_logits(logits)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if method not in METHODS:
@@ -127,20 +150,29 @@ def ar_loss(
 
     sampled = sample_positions(logits, grids) if grids is not None else logits.flatten(2)
     dtype = compute_dtype(logits.dtype)
+    w = None
+    if pixel_weight is not None:
+        w = sample_positions(pixel_weight, grids if grids is not None else [size]).to(dtype)
+        valid = valid & (w > 0)  # weight 0: removed exactly as an ignored position
+        w = torch.where(valid, w, torch.zeros_like(w))
     with torch.autocast(logits.device.type, enabled=False):
         if method == "explicit":
             s = kernel_features(sampled, kernel)
             y_t = one_hot_t(labels, valid, num_classes, dtype)
-            sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(dtype), y_t)
+            sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(dtype), y_t, w)
         else:
             safe = torch.where(valid, labels, torch.zeros_like(labels))
-            sq_sum = factorized_sq_sum(sampled.to(dtype), safe, valid, kernel)
-        n_valid = valid.sum(dim=1).to(dtype)
-        # Images without valid positions have sq_sum == 0 exactly (all rows/columns masked).
-        per_image = sq_sum / n_valid.clamp(min=1).square()
+            sq_sum = factorized_sq_sum(sampled.to(dtype), safe, valid, kernel, w)
+        if w is None:
+            mass = valid.sum(dim=1).to(dtype)
+            # Images without valid positions have sq_sum == 0 exactly (rows/columns masked).
+            per_image = sq_sum / mass.clamp(min=1).square()
+        else:
+            mass = w.sum(dim=1)  # total pair weight (sum_i w_i)^2; == n_valid^2 for w = 1
+            per_image = sq_sum / mass.square().clamp(min=torch.finfo(dtype).tiny)
         if reduction == "none":
             return per_image
         total = per_image.sum()
         if reduction == "sum":
             return total
-        return total / (n_valid > 0).sum().clamp(min=1).to(dtype)
+        return total / (mass > 0).sum().clamp(min=1).to(dtype)

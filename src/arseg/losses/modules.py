@@ -10,8 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_batch, check_ignore_index, check_logits, check_target
-from .affinity import ScalesArg, check_kernel
+from ._checks import (
+    check_batch,
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+    check_weight,
+    class_logits,
+    label_map,
+)
+from .affinity import ScalesArg, check_kernel, compute_dtype
 from .functional import METHODS, REDUCTIONS, ar_loss
 from .sampling import normalize_scales
 
@@ -46,13 +55,31 @@ class ARLoss(nn.Module):
             back-propagated there.
 
     Shape:
-        - logits: (B, C, h, w), float16 / bfloat16 / float32 / float64.
-        - target: (B, H, W), integer; H, W may differ from h, w.
-        - output: scalar float32 ((B,) for ``reduction="none"``); float64 for float64 logits.
+        - logits: (B, C, h, w), float16 / bfloat16 / float32 / float64; C = 1 (a sigmoid map) is
+          the two-class distribution ``(1 - sigmoid(z), sigmoid(z))``.
+        - target: (B, H, W) or (B, 1, H, W), integer; H, W may differ from h, w.
+        - weight: optional (B, H, W) or (B, 1, H, W) per-pixel weights >= 0, shaped like the
+          target.
+        - output: scalar float32 ((B,) per image for ``reduction="none"`` set here); float64 for
+          float64 logits. ``reduction_override="none"``: a (B, H, W) map, see below.
 
-    ``forward`` also accepts and ignores ``weight=None`` and any keyword (e.g. ``ignore_index``),
-    the way mmsegmentation decode heads call their losses; the module's own ``ignore_index``
-    is used.
+    ``forward(pred, target, weight=None, ignore_index=None, reduction_override=None,
+    avg_factor=None)`` follows mmsegmentation's loss calls (``decode_head.loss_by_feat`` and
+    ``OHEMPixelSampler.sample``):
+
+    - ``ignore_index`` given at call time replaces the module's own.
+    - ``weight`` (e.g. the OHEM ``seg_weight``): sampled at the label positions, each pair
+      weighted ``w_i w_j`` and normalised by the total pair weight (``ar_loss(weight=...)``);
+      all ones is the unweighted loss, zeros remove positions exactly as ``ignore_index``.
+    - ``reduction_override`` replaces ``reduction``. ``"none"`` is what per-pixel callers ask
+      for (the OHEM sampler ranks pixels by the sum of every loss's (B, H, W) map): AR is a
+      pairwise loss with no per-pixel value, so it returns a **zero** (B, H, W) map of the
+      target's size in the loss dtype, not attached to the graph (inputs and labels are still
+      checked). AR then takes no part in pixel mining: beside CE the mining is CE's alone;
+      with AR alone the sampler without ``thresh`` keeps an arbitrary ``min_kept`` subset of
+      the labelled pixels (use ``thresh`` or a CE term to mine).
+    - ``avg_factor`` must be ``None``: there is no per-pixel sum for it to divide.
+    - other keywords are accepted and ignored (mmseg losses take ``**kwargs``).
 
     Example:
         >>> criterion = ARLoss()
@@ -76,6 +103,8 @@ class ARLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(scales, ignore_index, reduction, method, kernel)
+        if not isinstance(loss_name, str) or not loss_name:
+            raise ValueError(f"loss_name must be a non-empty string, got {loss_name!r}")
         self.scales = scales
         self.ignore_index = ignore_index
         self.reduction = reduction
@@ -89,16 +118,46 @@ class ARLoss(nn.Module):
         return self._loss_name
 
     def forward(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, **kwargs: Any
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction_override: str | None = None,
+        avg_factor: float | None = None,
+        **kwargs: Any,
     ) -> Tensor:
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        check_ignore_index(ignore)
+        if reduction_override is not None and reduction_override not in REDUCTIONS:
+            raise ValueError(
+                f"reduction_override must be None or one of {REDUCTIONS}, "
+                f"got {reduction_override!r}"
+            )
+        if avg_factor is not None:
+            raise ValueError(
+                f"ARLoss takes no avg_factor (a pairwise loss has no per-pixel sum to divide), "
+                f"got {avg_factor!r}"
+            )
+        if reduction_override == "none":
+            # Per-pixel callers (mmseg's OHEM sampler): a zero map, AR takes no part in mining.
+            check_logits(pred)
+            check_target(target)
+            check_batch(pred, target)
+            if weight is not None:
+                check_weight(weight, target)
+            labels = label_map(target)
+            check_label_values(labels, max(pred.shape[1], 2), ignore)
+            return torch.zeros(labels.shape, dtype=compute_dtype(pred.dtype), device=labels.device)
         loss = ar_loss(
-            logits,
+            pred,
             target,
             scales=self.scales,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
+            ignore_index=ignore,
+            reduction=reduction_override or self.reduction,
             method=self.method,
             kernel=self.kernel,
+            weight=weight,
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
 
@@ -138,7 +197,8 @@ class CEARLoss(nn.Module):
             ``False``, ``True`` for semseg's PSPNet and ICNet).
 
     Shape:
-        - logits: (B, C, h, w) float; target: (B, H, W) integer.
+        - logits: (B, C, h, w) float (C = 1: a sigmoid map, as in :class:`ARLoss`); target:
+          (B, H, W) or (B, 1, H, W) integer.
         - output: :class:`CEARLossOutput` ``(total, ce, ar)`` of scalar float32 tensors
           (float64 for float64 logits).
 
@@ -184,15 +244,18 @@ class CEARLoss(nn.Module):
 
     @property
     def loss_name(self) -> str:
-        return "loss_ar"
+        # Not "loss_ar": CEARLoss returns a tuple and is no mmseg loss; ARLoss is.
+        return "loss_ce_ar"
 
     def cross_entropy(self, logits: Tensor, target: Tensor) -> Tensor:
         """The CE term alone: logits (B, C, h, w) resized to the target (B, H, W) if needed.
 
         Weighted mean over labelled pixels (as ``F.cross_entropy``), computed in float32 (the
         resize too) with autocast disabled; 0 with zero gradients when no pixel is labelled.
+        (B, 1, H, W) targets and one-channel (sigmoid) logits are accepted as in ``forward``.
         """
-        target = target.long()
+        logits = class_logits(logits)
+        target = label_map(target).long()
         weight = self.class_weight
         if weight is not None:
             if weight.numel() != logits.shape[1]:
@@ -224,11 +287,16 @@ class CEARLoss(nn.Module):
             return total / denom.to(logits.dtype).clamp(min=torch.finfo(logits.dtype).tiny)
 
     def forward(
-        self, logits: Tensor, target: Tensor, weight: Tensor | None = None, **kwargs: Any
+        self, logits: Tensor, target: Tensor, weight: Tensor | None = None
     ) -> CEARLossOutput:
         check_logits(logits)
         check_target(target)
         check_batch(logits, target)
+        if weight is not None:
+            raise ValueError(
+                "CEARLoss takes no per-pixel weight; use ARLoss and a CE loss separately "
+                "(e.g. in mmsegmentation's loss_decode) to weight pixels"
+            )
         ar = ar_loss(
             logits,
             target,
