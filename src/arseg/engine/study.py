@@ -30,7 +30,9 @@ Each run is one worker process (``python -m arseg.engine.study _job``) that trai
 it; its log is ``DIR/logs/<arm>_seed<k>.log``. A finished run is recorded in
 ``DIR/state/<job>.json`` and never run again: a killed study continues where it stopped (a run
 that was cut short resumes from its ``last.ckpt``). ``arseg study DIR --eval-split SPLIT
-[--data-root ROOT]`` evaluates a finished study on another split without retraining.
+[--data-root ROOT]`` evaluates every run of a finished study on a split without retraining
+(another split, e.g. a test split kept elsewhere, or the study's own after the evaluation code
+changed) and writes that split's comparisons, report and table.
 
 Every run records what produced it (``provenance.json``: arseg version, git commit, torch version,
 threads); the study prints it with the final table. Same config, same threads: same numbers.
@@ -485,7 +487,9 @@ def run_study(
     out = Path(out).resolve()
     baseline, finetunes = _jobs(study, out)
     split = eval_split or study["eval_split"]
-    retarget = eval_split is not None and eval_split != study["eval_split"]
+    # With eval_split, every finished run is evaluated (again) on it, without training: another
+    # split, or the study's own after the evaluation code changed.
+    retarget = eval_split is not None
     jobs = [baseline, *finetunes]
     parallel = study["parallel"]
     runner = _Runner(out, total=len(jobs), parallel=parallel)
@@ -698,8 +702,8 @@ def _table(
         lines.append("")
     lines += [
         "| arm | checkpoint | seeds | mIoU % | Boundary IoU % | pixel acc % | val AR | "
-        "mIoU vs control (95% CI) |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "mIoU - control (95% CI) | paired t p | Boundary IoU - control (95% CI) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |",
     ]
 
     def pct(row: dict[str, Any], key: str) -> str:
@@ -711,27 +715,45 @@ def _table(
     for key, row in rows.items():
         arm, checkpoint = key.split("/")
         ar = f"{row['val_ar'][0]:.4f} ± {row['val_ar'][1]:.4f}" if "val_ar" in row else "n/a"
-        delta = "control" if arm == study["control"] else _delta_text(row.get("delta"))
+        if arm == study["control"]:
+            deltas = "control | | control"
+        else:
+            cmp = row.get("delta")
+            deltas = f"{_delta_text(cmp)} | {_seed_p(cmp)} | {_delta_text(cmp, 'boundary_iou')}"
         lines.append(
             f"| {row['label']} | {checkpoint} | {row['seeds']} | {pct(row, 'miou')} | "
-            f"{pct(row, 'boundary_iou')} | {pct(row, 'pixel_acc')} | {ar} | {delta} |"
+            f"{pct(row, 'boundary_iou')} | {pct(row, 'pixel_acc')} | {ar} | {deltas} |"
         )
-    lines.append("")
+    lines += [
+        "",
+        "Mean ± std over seeds; differences in points with the two-level bootstrap 95% interval "
+        "(images and seed pairs resampled; * = excludes 0) and the paired t-test over seeds. "
+        "best = each run's best-val checkpoint, last = its last step (no selection).",
+        "",
+    ]
     return {"markdown": "\n".join(lines) + "\n", "data": data}
 
 
-def _delta_text(cmp: dict[str, Any] | None) -> str:
+def _delta_text(cmp: dict[str, Any] | None, metric: str = "miou") -> str:
+    """``+0.12 [-0.30, +0.51]`` (points, two-level bootstrap 95% interval) from compare's JSON."""
     if not cmp:
         return "n/a"
-    miou = cmp.get("miou") or {}
-    diff = miou.get("diff", miou.get("delta"))
-    lo, hi = (miou.get("ci") or miou.get("interval") or [None, None])[:2]
-    if diff is None or lo is None:
+    if metric == "miou":
+        diff, boot = cmp.get("delta_miou"), cmp.get("bootstrap") or {}
+    else:
+        entry = cmp.get(metric) or {}
+        diff, boot = entry.get("delta"), entry.get("bootstrap") or {}
+    lo, hi = boot.get("ci_low"), boot.get("ci_high")
+    if diff is None or lo is None or hi is None:
         return "n/a"
     text = f"{100 * diff:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
-    if lo > 0 or hi < 0:
-        text += " (excludes 0)"
-    return text
+    return text + (" *" if boot.get("excludes_zero") else "")
+
+
+def _seed_p(cmp: dict[str, Any] | None) -> str:
+    test = (cmp or {}).get("seed_test") or {}
+    p = test.get("p_value")
+    return "n/a" if p is None or p != p else f"{p:.2g}"
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -754,14 +776,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "baseline, then every fine-tune arm for every seed from its best checkpoint, each run "
         "evaluated at its best and last checkpoints, then compare (every arm vs the control), "
         "trend and report. Resumable: run the same command again after a kill. With a study "
-        "directory and --eval-split, evaluates the finished runs on another split.",
+        "directory and --eval-split, evaluates the finished runs on that split (no training).",
     )
     p.add_argument("config", type=Path, help="study config YAML, or the directory of a study")
     p.add_argument("--out", type=Path, default=None, help="study directory (runs, tables, report)")
     p.add_argument(
         "--eval-split",
         default=None,
-        help="evaluate a finished study on this split (no training)",
+        help="evaluate every run of a finished study on this split (no training)",
     )
     p.add_argument(
         "--data-root", default=None, help="dataset root for --eval-split (if it lives elsewhere)"

@@ -1,0 +1,176 @@
+"""``arseg study`` end to end on a tiny synthetic study: tables, determinism, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arseg.engine.study import StudyError, load_study_config
+
+from .conftest import write_config
+
+ARMS = {
+    "ce": {"label": "CE only", "seeds": [1, 2], "overrides": {"loss.lambda_ar": 0.0}},
+    "ar": {"label": "CE + 0.1 AR", "seeds": [1, 2], "overrides": {"loss.lambda_ar": 0.1}},
+}
+
+
+def _write_study(directory: Path, **changes) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    write_config(directory, "base.yaml", trainer={"max_epochs": 1})
+    (directory / "ft.yaml").write_text(
+        yaml.safe_dump(
+            {"_base_": "base.yaml", "optim": {"lr": 0.005}, "trainer": {"max_epochs": 2}}
+        )
+    )
+    study = {
+        "name": "tiny_study",
+        "baseline": "base.yaml",
+        "finetune": "ft.yaml",
+        "control": "ce",
+        "arms": ARMS,
+        "parallel": 2,
+        "threads": 2,
+        "n_boot": 200,
+        "report_num_images": 1,
+        **changes,
+    }
+    path = directory / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    return path
+
+
+def _study(config: Path, out: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "arseg.cli", "study", str(config), "--out", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        **popen,
+    )
+
+
+def _run_metrics(out: Path) -> dict[str, tuple[float, float]]:
+    """(best mIoU, last mIoU) of every run of a finished study."""
+    result = {}
+    for metrics in sorted(out.glob("*/seed*/eval/val/metrics.json")):
+        run = metrics.parents[2]
+        last = json.loads((run / "eval" / "val-last" / "metrics.json").read_text())
+        result[f"{run.parent.name}/{run.name}"] = (
+            json.loads(metrics.read_text())["miou"],
+            last["miou"],
+        )
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory) -> tuple[Path, Path, str]:
+    root = tmp_path_factory.mktemp("study")
+    config = _write_study(root / "cfg")
+    out = root / "out"
+    proc = _study(config, out)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout
+    return config, out, stdout
+
+
+def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
+    _config, out, stdout = finished_study
+    assert (out / "baseline" / "checkpoints" / "best.ckpt").is_file()
+    runs = _run_metrics(out)
+    assert sorted(runs) == ["ar/seed1", "ar/seed2", "ce/seed1", "ce/seed2"]
+    # every fine-tune starts from the baseline and has the control's steps
+    steps = {
+        json.loads((out / name / "summary.json").read_text())["steps"] for name in runs
+    }
+    assert steps == {8}  # 16 images / batch 4 x 2 epochs
+    for name in runs:
+        cfg = yaml.safe_load((out / name / "config.yaml").read_text())
+        assert Path(cfg["init_from"]) == out / "baseline"
+        assert cfg["loss"]["lambda_ar"] == (0.1 if name.startswith("ar") else 0.0)
+        assert cfg["trainer"]["num_threads"] == 1  # 2 threads shared by 2 runs
+    for checkpoint in ("best", "last"):
+        cmp = json.loads((out / "compare" / "val" / f"ar_vs_ce_{checkpoint}.json").read_text())
+        assert cmp  # the comparison of the AR arm against the control was written
+    summary = json.loads((out / "summary_val.json").read_text())
+    row = summary["rows"]["ar/best"]
+    assert row["seeds"] == 2
+    mean = sum(runs[f"ar/seed{s}"][0] for s in (1, 2)) / 2
+    assert row["miou"][0] == pytest.approx(mean)
+    assert summary["provenance"]["torch_version"]
+    # progress across the whole study and the final table on stdout
+    assert "[  5/5]" in stdout
+    assert "| CE + 0.1 AR | best | 2 |" in stdout
+    assert (out / "report" / "val" / "report.html").is_file()
+
+
+def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
+    finished_study, tmp_path: Path
+) -> None:
+    """Same config, same threads: same numbers; a killed study keeps its finished runs."""
+    config, reference_out, _ = finished_study
+    out = tmp_path / "out"
+    proc = _study(config, out, start_new_session=True)
+    first = out / "state" / "ce_seed1.json"
+    deadline = time.time() + 600
+    while not first.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert first.is_file(), proc.communicate()[0]
+    os.killpg(proc.pid, signal.SIGKILL)  # the study and its running workers, without warning
+    proc.wait()
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("*_seed*.json")}
+    best = (out / "ce" / "seed1" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
+    assert not (out / "state" / "ar_seed2.json").exists()  # the study was cut short
+
+    proc = _study(config, out)
+    stdout, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stdout
+    assert "ce_seed1: finished earlier, kept" in stdout
+    for name, mtime in kept.items():
+        assert (out / "state" / name).stat().st_mtime_ns == mtime
+    assert (out / "ce" / "seed1" / "checkpoints" / "best.ckpt").stat().st_mtime_ns == best
+    assert _run_metrics(out) == _run_metrics(reference_out)
+
+
+def test_study_refuses_other_settings_in_the_same_directory(finished_study, tmp_path) -> None:
+    _config, out, _ = finished_study
+    other = _write_study(tmp_path / "cfg", n_boot=100)
+    proc = _study(other, out)
+    stdout, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert "n_boot" in stdout and "another --out" in stdout
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"control": "xx"}, "control 'xx' is not an arm"),
+        ({"arms": {"ce": {"seeds": []}}}, "needs seeds"),
+        ({"arms": {"ce": {"seeds": [1], "overrides": {"optim.lrr": 1}}}}, "unknown config key"),
+        ({"parallel": 0}, "parallel must be a positive int"),
+        ({"colour": 1}, "unknown study key"),
+    ],
+)
+def test_study_config_errors_are_one_line(tmp_path: Path, changes, message) -> None:
+    path = _write_study(tmp_path, **changes)
+    with pytest.raises(StudyError, match=message):
+        load_study_config(path)
+
+
+def test_camvid_study_config_resolves() -> None:
+    root = Path(__file__).resolve().parents[2]
+    study = load_study_config(root / "configs" / "camvid" / "pretrained" / "study.yaml")
+    assert study["control"] == "ce"
+    assert len(study["arms"]["ce"]["seeds"]) >= 5 and len(study["arms"]["ar"]["seeds"]) >= 5
+    assert study["arms"]["linear"]["overrides"]["loss.kernel"] == "linear"
+    assert study["arms"]["fullres"]["overrides"]["loss.scales"] is None
