@@ -14,6 +14,7 @@ A *study config* names a baseline run config and a fine-tune run config and list
                                    # threads // parallel
     eval_split: val
     report_num_images: 3           # images of the heat maps and overlays
+    overrides: {}                  # config overrides of every run, e.g. {trainer.devices: 8}
 
 ``arseg study CONFIG --out DIR`` then:
 
@@ -64,8 +65,11 @@ _STUDY_KEYS = {
     "eval_split",
     "report_num_images",
     "n_boot",
+    "overrides",
 }
 _ARM_KEYS = {"label", "seeds", "overrides"}
+# keys added since studies were first recorded: a recorded study without them had these values
+_OPTIONAL_DEFAULTS: dict[str, Any] = {"overrides": {}}
 
 
 class StudyError(ValueError):
@@ -108,11 +112,15 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
         "report_num_images": raw.get("report_num_images", 3),
         "n_boot": raw.get("n_boot", 10_000),
         "control": raw["control"],
+        "overrides": raw.get("overrides") or {},
     }
     for key in ("parallel", "threads", "n_boot", "report_num_images"):
         value = cfg[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise StudyError(f"{path}: {key} must be a positive int, got {value!r}")
+    if not isinstance(cfg["overrides"], dict):
+        raise StudyError(f"{path}: overrides must be a mapping of dotted config keys")
+    cfg["overrides"] = {str(k): v for k, v in cfg["overrides"].items()}
     for key in ("baseline", "finetune"):
         run_config = (path.parent / str(raw[key])).resolve()
         if not run_config.is_file():
@@ -180,9 +188,9 @@ def _run_config(
     }
     try:
         if arm is None:
-            cfg = load_config(study["baseline"], [])
+            cfg = load_config(study["baseline"], _override_strings(study["overrides"]))
         else:
-            overrides = _override_strings(study["arms"][arm]["overrides"])
+            overrides = _override_strings({**study["overrides"], **study["arms"][arm]["overrides"]})
             cfg = load_config(study["finetune"], overrides)
             cli["seed"] = int(seed)  # type: ignore[arg-type]
             cli["init_from"] = str(_run_dir(out, None, None))
@@ -213,6 +221,7 @@ def _jobs(study: dict[str, Any], out: Path) -> tuple[_Job, list[_Job]]:
     baseline.argv = [
         "fit",
         study["baseline"],
+        *_override_strings(study["overrides"]),
         *common,
         str(baseline.run_dir),
         f"trainer.num_threads={threads}",
@@ -231,7 +240,7 @@ def _jobs(study: dict[str, Any], out: Path) -> tuple[_Job, list[_Job]]:
             job.argv = [
                 "finetune",
                 study["finetune"],
-                *_override_strings(spec["overrides"]),
+                *_override_strings({**study["overrides"], **spec["overrides"]}),
                 f"trainer.num_threads={per_run}",
                 "--init-from",
                 str(baseline.run_dir),
@@ -430,7 +439,7 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
 
     recorded = out / "study.yaml"
     if recorded.is_file():
-        previous = yaml.safe_load(recorded.read_text())
+        previous = {**_OPTIONAL_DEFAULTS, **yaml.safe_load(recorded.read_text())}
         if previous != study:
             changed = sorted(
                 k for k in set(previous) | set(study) if previous.get(k) != study.get(k)
