@@ -141,15 +141,57 @@ def test_bootstrap_interval_matches_naive_resampling(make_confusions):
     """The vectorised bootstrap's spread equals a plain index-resampling loop's (same statistic)."""
     rng = np.random.default_rng(4)
     a, b = make_confusions(rng, 25, 0.6), make_confusions(rng, 25, 0.68)
-    res = paired_bootstrap(a, b, n_boot=4000, seed=0)
+    res = paired_bootstrap(a, b, n_boot=10_000, seed=0)
     gen = np.random.default_rng(123)
-    naive = []
-    for _ in range(4000):
-        idx = gen.integers(0, 25, 25)
-        naive.append(miou_from_confusion(b[idx].sum(0)) - miou_from_confusion(a[idx].sum(0)))
+    idx = gen.integers(0, 25, (10_000, 25))  # 10 000 independent index draws
+    naive = miou_from_confusion(b[idx].sum(1)) - miou_from_confusion(a[idx].sum(1))
     lo, hi = np.quantile(naive, [0.025, 0.975])
-    assert res.ci_low == pytest.approx(lo, abs=0.006)
-    assert res.ci_high == pytest.approx(hi, abs=0.006)
+    # Monte-Carlo error of each endpoint ~0.0006 (measured differences <= 0.001); the 90%
+    # interval's endpoints lie ~0.004 inside, so a wrong level fails
+    assert res.ci_low == pytest.approx(lo, abs=0.002)
+    assert res.ci_high == pytest.approx(hi, abs=0.002)
+    at90 = paired_bootstrap(a, b, n_boot=10_000, seed=0, level=0.9)
+    assert at90.ci_low - lo > 0.003 and hi - at90.ci_high > 0.003
+
+
+def test_two_level_bootstrap_matches_naive_resampling_of_seeds_and_images(make_confusions):
+    """resample_runs: each resample draws the seed pairs and the images, both with replacement."""
+    rng = np.random.default_rng(9)
+    a = np.stack([make_confusions(rng, 20, q) for q in (0.6, 0.62, 0.58)])
+    b = np.stack([make_confusions(rng, 20, q) for q in (0.7, 0.6, 0.66)])
+    res = paired_bootstrap(a, b, n_boot=10_000, seed=0, resample_runs=True)
+    gen = np.random.default_rng(321)
+    images = gen.integers(0, 20, (10_000, 20))
+    pairs = gen.integers(0, 3, (10_000, 3))
+    miou_a = miou_from_confusion(a[:, images].sum(2))  # (3 runs, 10 000)
+    miou_b = miou_from_confusion(b[:, images].sum(2))
+    draws = np.arange(10_000)[:, None]
+    naive = (miou_b.T[draws, pairs] - miou_a.T[draws, pairs]).mean(1)
+    lo, hi = np.quantile(naive, [0.025, 0.975])
+    assert res.ci_low == pytest.approx(lo, abs=0.003)
+    assert res.ci_high == pytest.approx(hi, abs=0.003)
+    images_only = paired_bootstrap(a, b, n_boot=10_000, seed=0)
+    assert images_only.ci_high - images_only.ci_low < 0.8 * (hi - lo)  # the seeds add spread
+
+
+def test_compare_resamples_seeds_when_both_arms_hold_paired_runs(tmp_path, make_run):
+    from arseg.analysis.compare import compare_runs
+    from arseg.analysis.runs import load_run
+
+    def arm(name, accuracies):
+        return [
+            load_run(make_run(tmp_path / name / f"s{i}", seed=i, accuracy=q, confusion_seed=10 + i))
+            for i, q in enumerate(accuracies)
+        ]
+
+    ce, ar = arm("ce", (0.6, 0.62, 0.58)), arm("ar", (0.7, 0.6, 0.66))
+    cmp = compare_runs(ce, ar, n_boot=2000, seed=4)
+    assert cmp.bootstrap.resample_runs
+    conf_a = np.stack([r.confusion() for r in ce])
+    conf_b = np.stack([r.confusion() for r in ar])
+    direct = paired_bootstrap(conf_a, conf_b, n_boot=2000, seed=4, resample_runs=True)
+    assert (cmp.bootstrap.ci_low, cmp.bootstrap.ci_high) == (direct.ci_low, direct.ci_high)
+    assert not compare_runs(ce[:1], ar[:1], n_boot=2000, seed=4).bootstrap.resample_runs
 
 
 def test_bootstrap_several_seeds_and_validation(make_confusions):
@@ -212,3 +254,65 @@ def test_seed_summary_and_paired_test():
     assert paired_seed_test([0.4], [0.5]) is None
     with pytest.raises(ValueError, match="same number"):
         paired_seed_test([0.4, 0.5], [0.5])
+
+
+def _iu(conf: np.ndarray) -> np.ndarray:
+    """Intersections and unions (..., 2, C) of confusion matrices, written out independently."""
+    tp = np.einsum("...ii->...i", conf)
+    return np.stack([tp, conf.sum(-1) + conf.sum(-2) - tp], axis=-2)
+
+
+def test_bootstrap_of_counts_is_the_iou_bootstrap_of_the_same_counts(make_confusions):
+    """IoU as intersection / union counts (what Boundary IoU stores) gives the mIoU bootstrap."""
+    from arseg.analysis.stats import paired_bootstrap_counts
+
+    rng = np.random.default_rng(7)
+    a = np.stack([make_confusions(rng, 25, 0.6) for _ in range(3)])
+    b = np.stack([make_confusions(rng, 25, 0.66) for _ in range(3)])
+    for resample_runs in (False, True):
+        ref = paired_bootstrap(a, b, n_boot=300, seed=2, resample_runs=resample_runs)
+        got = paired_bootstrap_counts(
+            _iu(a), _iu(b), n_boot=300, seed=2, resample_runs=resample_runs
+        )
+        assert (got.delta, got.ci_low, got.ci_high, got.p_value) == (
+            ref.delta,
+            ref.ci_low,
+            ref.ci_high,
+            ref.p_value,
+        )
+        assert [c.delta for c in got.per_class] == [c.delta for c in ref.per_class]
+
+
+def test_bootstrap_of_boundary_counts(make_boundary_counts):
+    from arseg.analysis.stats import paired_bootstrap_counts
+
+    rng = np.random.default_rng(8)
+    a, b = make_boundary_counts(rng, 40, 0.5), make_boundary_counts(rng, 40, 0.7)
+    res = paired_bootstrap_counts(a, b, n_boot=500)
+    pooled = lambda c: np.mean(c[:, 0].sum(0) / c[:, 1].sum(0))  # noqa: E731
+    assert res.delta == pytest.approx(pooled(b) - pooled(a))
+    assert res.ci_low > 0 and res.ci_low < res.delta < res.ci_high
+    same = paired_bootstrap_counts(a, a, n_boot=200)
+    assert (same.delta, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    bad = a.copy()
+    bad[0, 0, 0] = bad[0, 1, 0] + 1
+    with pytest.raises(ValueError, match="between 0 and the unions"):
+        paired_bootstrap_counts(bad, b, n_boot=200)
+    with pytest.raises(ValueError, match=r"\(n_images, 2, C\)"):
+        paired_bootstrap_counts(a[:, :1], b, n_boot=200)
+
+
+def test_paired_t_interval_matches_scipy():
+    from arseg.analysis.stats import MIN_SEED_PAIRS, distinct_seed_resamples
+
+    a, b = [0.40, 0.42, 0.41, 0.43], [0.42, 0.43, 0.44, 0.44]
+    t = paired_seed_test(a, b, level=0.9)
+    ci = sps.ttest_rel(b, a).confidence_interval(confidence_level=0.9)
+    assert (t.ci_low, t.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert t.level == 0.9 and t.n_pairs == 4 and t.excludes_zero == (ci.low > 0)
+    flat = paired_seed_test([0.25, 0.5], [0.375, 0.625])  # zero variance: a point interval
+    assert (flat.ci_low, flat.ci_high) == (0.125, 0.125)
+    # 3 pairs give 10 distinct bootstrap draws of the seed pairs (issue 13 item 9)
+    assert distinct_seed_resamples(3) == 10 and MIN_SEED_PAIRS == 5
+    with pytest.raises(ValueError, match="level"):
+        paired_seed_test(a, b, level=1.5)
