@@ -44,6 +44,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,6 +283,14 @@ def _worker(spec_path: str) -> int:
     fit_s = time.time() - start
     for checkpoint in spec["checkpoints"]:
         target = run_dir if checkpoint == "best" else run_dir / "checkpoints" / "last.ckpt"
+        done_as = _same_weights_evaluated(run_dir, spec["split"], checkpoint, spec["checkpoints"])
+        if done_as is not None:  # the best epoch is the last: its evaluation holds for both
+            dest = _eval_dir(run_dir, spec["split"], checkpoint)
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(done_as, dest)
+            _note_copy(dest, done_as)
+            print(f"{dest}: same checkpoint step as {done_as}, evaluation copied", flush=True)
+            continue
         eval_argv = [
             "eval",
             str(target),
@@ -310,6 +319,43 @@ def _worker(spec_path: str) -> int:
     tmp.write_text(json.dumps(state, indent=2))
     os.replace(tmp, spec["state"])
     return 0
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an unreadable checkpoint is simply evaluated (and fails there, clearly)
+        return None
+    step = ckpt.get("global_step")
+    return int(step) if step is not None else None
+
+
+def _same_weights_evaluated(
+    run_dir: Path, split: str, checkpoint: str, checkpoints: list[str]
+) -> Path | None:
+    """The evaluation folder of an earlier checkpoint of this list that was saved at the same
+    step as ``checkpoint`` (best.ckpt and last.ckpt of a run whose best epoch is its last)."""
+    names = {
+        "best": run_dir / "checkpoints" / "best.ckpt",
+        "last": run_dir / "checkpoints" / "last.ckpt",
+    }
+    here = _checkpoint_step(names[checkpoint])
+    if here is None:
+        return None
+    for earlier in checkpoints[: checkpoints.index(checkpoint)]:
+        done = _eval_dir(run_dir, split, earlier)
+        if (done / "metrics.json").is_file() and _checkpoint_step(names[earlier]) == here:
+            return done
+    return None
+
+
+def _note_copy(dest: Path, source: Path) -> None:
+    metrics_path = dest / "metrics.json"
+    metrics = json.loads(metrics_path.read_text())
+    metrics["copied_from"] = str(source)  # same global step: the same weights
+    metrics_path.write_text(json.dumps(metrics, indent=2))
 
 
 class _Runner:
