@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, check_num_classes
-from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1
+from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1, _upsample_to
 from .registry import register_model
 
 __all__ = [
@@ -121,7 +121,9 @@ def efficientnet_lite_state_dict(
         else:
             raise ValueError(f"EfficientNet-Lite weights: unexpected tensor {key!r}")
         if new not in target:
-            raise ValueError(f"EfficientNet-Lite weights: {key!r} -> {new!r} is not in timm's model")
+            raise ValueError(
+                f"EfficientNet-Lite weights: {key!r} -> {new!r} is not in timm's model"
+            )
         if tuple(target[new].shape) != tuple(tensor.shape):
             raise ValueError(
                 f"EfficientNet-Lite weights: {key!r} has shape {tuple(tensor.shape)}, timm's "
@@ -130,7 +132,9 @@ def efficientnet_lite_state_dict(
         renamed[new] = tensor
     missing = [k for k in target if k not in renamed]
     if missing:
-        raise ValueError(f"EfficientNet-Lite weights: no tensor for {len(missing)} timm names, e.g. {missing[0]!r}")
+        raise ValueError(
+            f"EfficientNet-Lite weights: no tensor for {len(missing)} timm names, e.g. {missing[0]!r}"
+        )
     return renamed
 
 
@@ -170,13 +174,17 @@ def create_efficientnet_lite(
     import timm
 
     variant = _check_variant(variant)
-    classifier = timm.create_model(f"efficientnet_lite{variant}", pretrained=False)
+    name = f"efficientnet_lite{variant}"
+    if features_only and not pretrained:  # random weights: no classifier to copy from
+        return timm.create_model(name, pretrained=False, features_only=True)
+    classifier = timm.create_model(name, pretrained=False)
     if pretrained:
         classifier.load_state_dict(_pretrained_state_dict(variant, classifier.state_dict()))
     if not features_only:
         return classifier
-    encoder = timm.create_model(f"efficientnet_lite{variant}", pretrained=False, features_only=True)
-    state = {k: v for k, v in classifier.state_dict().items() if k in encoder.state_dict()}
+    encoder = timm.create_model(name, pretrained=False, features_only=True)
+    names = set(encoder.state_dict())  # once: a lookup per key made this quadratic (seconds)
+    state = {k: v for k, v in classifier.state_dict().items() if k in names}
     encoder.load_state_dict(state)  # strict: every encoder tensor comes from the classifier
     return encoder
 
@@ -200,7 +208,12 @@ class LWRefineNetEfficientLite(SegmentationModel):
 
     Shapes: input ``(B, 3, H, W)`` float, ImageNet-normalised -> logits
     ``(B, C, ceil(H/4), ceil(W/4))``.
+
+    The decoder's upsamplings are bilinear ``align_corners=True`` as in the reference ``mbv2``;
+    the logits are resized to the labels with ``align_corners=False`` (DrSleep's training code).
     """
+
+    align_corners = False
 
     def __init__(
         self,
@@ -252,9 +265,7 @@ class LWRefineNetEfficientLite(SegmentationModel):
             fused = sum(self.projs[i](feats[i]) for i in group)
             if y is not None:
                 y = self.adapts[g - 1](y)
-                fused = fused + F.interpolate(
-                    y, size=fused.shape[-2:], mode="bilinear", align_corners=False
-                )
+                fused = fused + _upsample_to(y, fused)
             y = self.crps[g](F.relu6(fused))
         return self.classifier(y), {}
 
