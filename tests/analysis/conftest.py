@@ -40,8 +40,13 @@ def write_fake_run(
     epochs: int = 4,
     ar_slope: float = -1e-3,
     confusion_seed: int | None = None,
+    eval_dir: str = "eval/val",
+    boundary: bool = True,
 ) -> Path:
-    """A run directory as the engine writes it (config, metrics.csv, summary, eval)."""
+    """A run directory as the engine writes it (config, metrics.csv, summary, eval).
+
+    ``eval_dir``: where the evaluation goes (``eval`` = the layout before evaluations were kept
+    per split); ``boundary``: also write per-image Boundary IoU counts (n_images, 2, C)."""
     rng = np.random.default_rng(seed if confusion_seed is None else confusion_seed)
     root.mkdir(parents=True, exist_ok=True)
     (root / "config.yaml").write_text(
@@ -100,20 +105,33 @@ def write_fake_run(
         )
     )
     conf = confusions(rng, n_images, accuracy, len(CLASSES))
-    (root / "eval").mkdir(exist_ok=True)
-    np.save(root / "eval" / "per_image_confusion.npy", conf)
-    (root / "eval" / "metrics.json").write_text(
-        json.dumps(
-            {
-                "miou": 0.5,
-                "pixel_acc": 0.8,
-                "val_ar": 0.17,
-                "classes": list(CLASSES),
-                "iou_per_class": {c: 0.4 + 0.1 * k for k, c in enumerate(CLASSES)},
-            }
-        )
-    )
+    out = root / eval_dir
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "per_image_confusion.npy", conf)
+    metrics = {
+        "miou": 0.5,
+        "pixel_acc": 0.8,
+        "val_ar": 0.17 - 0.01 * accuracy,
+        "classes": list(CLASSES),
+        "iou_per_class": {c: 0.4 + 0.1 * k for k, c in enumerate(CLASSES)},
+    }
+    if boundary:
+        np.save(out / "per_image_boundary.npy", boundary_counts(rng, n_images, accuracy))
+        metrics["boundary_iou"] = 0.3
+        metrics["boundary_iou_per_class"] = {c: 0.2 + 0.1 * k for k, c in enumerate(CLASSES)}
+    (out / "metrics.json").write_text(json.dumps(metrics))
     return root
+
+
+def boundary_counts(
+    rng: np.random.Generator, n_images: int, accuracy: float, n_classes: int = 4
+) -> np.ndarray:
+    """(n_images, 2, C) int64 Boundary IoU counts: unions of 40..200 band pixels, of which a
+    fraction near ``accuracy - 0.2`` (varying per image) is shared."""
+    union = rng.integers(40, 200, size=(n_images, n_classes))
+    frac = np.clip(accuracy - 0.2 + rng.normal(0, 0.05, size=(n_images, 1)), 0.02, 0.98)
+    inter = rng.binomial(union, np.broadcast_to(frac, union.shape))
+    return np.stack([inter, union], axis=1).astype(np.int64)
 
 
 @pytest.fixture
@@ -140,3 +158,9 @@ def make_confusions():
 def make_run():
     """The :func:`write_fake_run` helper."""
     return write_fake_run
+
+
+@pytest.fixture
+def make_boundary_counts():
+    """The :func:`boundary_counts` helper."""
+    return boundary_counts

@@ -51,8 +51,10 @@ def test_run_errors_and_groups(tmp_path, fake_arms):
     with pytest.raises(RunError, match="neither"):
         expand_run_group(tmp_path / "empty")
     run = load_run(ce / "seed0")
-    (run.path / "eval" / "per_image_confusion.npy").unlink()
-    with pytest.raises(RunError, match="arseg eval"):
+    (run.path / "eval" / "val" / "per_image_confusion.npy").unlink()
+    with pytest.raises(
+        RunError, match=r"split 'val' \(best checkpoint\): run `arseg eval .* --split val`"
+    ):
         run.confusion()
 
 
@@ -263,3 +265,261 @@ def test_report_and_curves_keep_runs_with_the_same_directory_name(fake_arms, tmp
     assert code == 0
     svg = (tmp_path / "c.svg").read_text()
     assert "ce/seed0" in svg and "ar/seed0" in svg
+
+
+# --------------------------------------------------------- compare: Boundary IoU, seeds, splits
+def _pooled_biou(run_dir, sub="eval/val") -> float:
+    counts = np.load(run_dir / sub / "per_image_boundary.npy").sum(0)
+    return float(np.mean(counts[0] / counts[1]))
+
+
+def test_compare_json_holds_what_the_experiment_doc_needs(fake_arms, tmp_path, capsys):
+    ce, ar = fake_arms
+    out = tmp_path / "c.json"
+    assert main(["compare", str(ce), str(ar), "--n-boot", "300", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    raw = out.read_text()
+    assert "NaN" not in raw and "Infinity" not in raw  # strict JSON
+    data = json.loads(raw)
+    assert (data["split"], data["checkpoint"]) == ("val", "best")
+    # per-arm mean ± std of every headline metric, from the runs' own files
+    for arm, root in (("arm_a", ce), ("arm_b", ar)):
+        m = data[arm]["metrics"]
+        assert set(m) == {"miou", "boundary_iou", "pixel_acc", "val_ar"}
+        biou = [_pooled_biou(root / f"seed{s}") for s in range(3)]
+        assert m["boundary_iou"]["values"] == pytest.approx(biou)
+        assert m["boundary_iou"]["mean"] == pytest.approx(np.mean(biou))
+        assert m["boundary_iou"]["std"] == pytest.approx(np.std(biou, ddof=1))
+        conf = [
+            np.load(root / f"seed{s}" / "eval" / "val" / "per_image_confusion.npy")
+            for s in range(3)
+        ]
+        acc = [np.trace(c.sum(0)) / c.sum() for c in conf]
+        assert m["pixel_acc"]["values"] == pytest.approx(acc)
+        evals = [
+            json.loads((root / f"seed{s}" / "eval" / "val" / "metrics.json").read_text())
+            for s in range(3)
+        ]
+        assert m["val_ar"]["values"] == pytest.approx([e["val_ar"] for e in evals])
+        assert data[arm]["seeds"] == [0, 1, 2]
+    # Boundary IoU difference with the same two-level bootstrap, and its seed-level t interval
+    b = data["boundary_iou"]
+    expected = (
+        data["arm_b"]["metrics"]["boundary_iou"]["mean"]
+        - data["arm_a"]["metrics"]["boundary_iou"]["mean"]
+    )
+    assert b["delta"] == pytest.approx(expected)
+    assert (
+        b["bootstrap"]["resample_runs"]
+        and b["bootstrap"]["ci_low"] <= b["delta"] <= b["bootstrap"]["ci_high"]
+    )
+    diffs = np.subtract(
+        data["arm_b"]["metrics"]["boundary_iou"]["values"],
+        data["arm_a"]["metrics"]["boundary_iou"]["values"],
+    )
+    ci = sps.ttest_1samp(diffs, 0).confidence_interval()
+    assert (b["seed_test"]["ci_low"], b["seed_test"]["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert [c["class"] for c in b["per_class"]] == ["sky", "road", "car", "person"]
+    assert data["seed_test"]["ci_low"] <= data["delta_miou"] <= data["seed_test"]["ci_high"]
+    assert set(data["seed_tests"]) == {"miou", "boundary_iou", "pixel_acc", "val_ar"}
+    assert data["deltas"]["miou"] == pytest.approx(data["delta_miou"])
+    # three seed pairs: the seed level is coarse, said in the JSON and the text
+    assert data["n_seed_pairs"] == 3 and data["min_seed_pairs"] == 5
+    assert data["seed_noise_covered"] is True
+    assert data["verdict"].startswith("preliminary")
+    assert len(data["warnings"]) == 1 and "only 3 seed pairs" in data["warnings"][0]
+    assert "10 distinct sets of seed pairs" in text and "Verdict: preliminary" in text
+    assert "Boundary IoU B - A" in text and "seed-level paired t(2) interval" in text
+
+
+def test_compare_with_one_run_per_arm_says_seed_noise_is_not_covered(fake_arms, tmp_path, capsys):
+    ce, ar = fake_arms
+    out = tmp_path / "one.json"
+    args = ["compare", str(ce / "seed0"), str(ar / "seed0"), "--n-boot", "200"]
+    assert main([*args, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "seed noise is NOT covered" in text and "resamples of the images only" in text
+    data = json.loads(out.read_text())
+    assert data["seed_noise_covered"] is False and data["n_seed_pairs"] == 0
+    assert "seed noise is NOT covered" in data["warnings"][0]
+    assert data["verdict"].startswith("seed noise not covered")
+    assert data["seed_test"] is None
+    # the default arm names are made distinct (both folders are called seed0)
+    assert data["arm_a"]["label"] == "ce/seed0" and data["arm_b"]["label"] == "ar/seed0"
+
+
+def test_compare_with_five_seed_pairs_gives_a_verdict(tmp_path, make_run):
+    from arseg.analysis.compare import compare_runs
+
+    for s in range(5):
+        make_run(tmp_path / "a" / f"s{s}", seed=s, accuracy=0.6, n_images=12)
+        make_run(tmp_path / "b" / f"s{s}", seed=s, accuracy=0.75, n_images=12)
+    cmp = compare_runs(
+        expand_run_group(tmp_path / "a"), expand_run_group(tmp_path / "b"), n_boot=200
+    )
+    assert cmp.n_pairs == 5 and cmp.warnings == []
+    assert cmp.verdict.startswith("difference")
+
+
+def test_eval_results_per_split_and_checkpoint(tmp_path, make_run, capsys):
+    """compare reads RUN/eval/<split> (best) or RUN/eval/<split>-last, as `arseg eval` writes."""
+    for arm, acc in (("a", 0.5), ("b", 0.8)):
+        run = make_run(tmp_path / arm, accuracy=acc)  # eval/val: B better
+        # the last checkpoint evaluated on val, and the best one on a test split: A better
+        make_run(tmp_path / arm, accuracy=1.3 - acc, eval_dir="eval/val-last", confusion_seed=5)
+        make_run(tmp_path / arm, accuracy=1.3 - acc, eval_dir="eval/test", confusion_seed=6)
+        assert (run / "eval" / "val" / "metrics.json").is_file()
+
+    def delta(*extra: str) -> float:
+        out = tmp_path / "d.json"
+        args = ["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--n-boot", "100"]
+        assert main([*args, *extra, "--json", str(out)]) == 0
+        data = json.loads(out.read_text())
+        return data["delta_miou"], data["split"], data["checkpoint"]
+
+    d, split, ckpt = delta("--split", "val")
+    assert d > 0.1 and (split, ckpt) == ("val", "best")
+    d, split, ckpt = delta("--split", "val", "--checkpoint", "last")
+    assert d < -0.1 and (split, ckpt) == ("val", "last")
+    d, split, _ = delta("--split", "test")
+    assert d < -0.1 and split == "test"
+    assert delta()[1] == "val"  # the config's validation split by default
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--split", "train"]) == 2
+    err = capsys.readouterr().err
+    assert "no evaluation of split 'train'" in err and "--split train" in err
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "--split",
+                "test",
+                "--checkpoint",
+                "last",
+            ]
+        )
+        == 2
+    )
+    assert "--split test --checkpoint last" in capsys.readouterr().err
+
+
+def test_runs_evaluated_before_results_were_kept_per_split(tmp_path, make_run, capsys):
+    """RUN/eval/metrics.json (no per-split folder, no Boundary IoU counts) is still compared."""
+    a = make_run(tmp_path / "a", accuracy=0.5, eval_dir="eval", boundary=False)
+    b = make_run(tmp_path / "b", accuracy=0.8, eval_dir="eval", boundary=False)
+    out = tmp_path / "old.json"
+    assert main(["compare", str(a), str(b), "--n-boot", "100", "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["delta_miou"] > 0.1 and data["boundary_iou"] is None
+    assert "no per_image_boundary.npy" in data["boundary_iou_note"]
+    assert "Boundary IoU not compared" in capsys.readouterr().out
+    assert load_run(a).results()["eval miou"] == pytest.approx(0.5)
+    # the old folder holds the best checkpoint on the split its metrics.json names
+    meta = json.loads((a / "eval" / "metrics.json").read_text())
+    (a / "eval" / "metrics.json").write_text(json.dumps({**meta, "split": "test"}))
+    assert load_run(a, split="test").has_eval and not load_run(a).has_eval
+    assert not load_run(a, split="test", checkpoint="last").has_eval
+
+
+# ------------------------------------------------------------------- one-line errors
+def test_unwritable_outputs_are_one_line_errors(fake_arms, tmp_path, capsys):
+    ce, ar = fake_arms
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    bad = blocker / "sub"
+    cases = [
+        ["compare", str(ce), str(ar), "--n-boot", "100", "--json", str(bad / "x.json")],
+        ["curves", str(ce / "seed0"), "-o", str(bad / "c.png")],
+        ["trend", str(ce / "seed0"), "--json", str(bad / "t.json")],
+        ["report", str(ce / "seed0"), "-o", str(bad / "report"), "--no-images"],
+        ["affinity", str(ce / "seed0"), "-o", str(bad / "a.png")],
+    ]
+    for args in cases:
+        assert main(args) == 2, args
+        captured = capsys.readouterr()
+        assert captured.out == ""  # compare prints no table before failing
+        lines = captured.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: cannot write"), (args, lines)
+        assert str(bad) in lines[0] and "Traceback" not in captured.err
+
+
+def test_report_of_a_run_that_never_validated(tmp_path, make_run, capsys):
+    """`fit --max-steps 2` writes summary.json with best_miou null and an empty final."""
+    run = make_run(tmp_path / "short")
+    (run / "summary.json").write_text(
+        json.dumps({"best_miou": None, "final": {}, "steps": 2, "wall_time_s": 1.0})
+    )
+    assert main(["report", str(run), "-o", str(tmp_path / "r"), "--no-images"]) == 0
+    assert np.isnan(load_run(run).results()["best val/miou"])
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "best val/miou" in md and "–" in md
+
+
+def test_help_shows_each_default_once():
+    import contextlib
+    import io
+
+    for command in ("affinity", "curves", "report", "compare", "trend"):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = " ".join(buf.getvalue().split())
+        assert "(default: None)" not in text and "(default: False)" not in text, command
+        # every option's help holds at most one "(default"
+        for chunk in re.split(r" --?[a-z]", text):
+            assert chunk.count("(default") <= 1, (command, chunk)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
+        main(["report", "--help"])
+    text = " ".join(buf.getvalue().split())
+    assert "--data-root" in text and "--checkpoint {best,last}" in text
+    assert "bootstrap seed (default: 0)" in text  # a default of 0 is still shown
+
+
+def test_report_shows_boundary_iou_and_the_seed_caveat(fake_arms, tmp_path):
+    ce, ar = fake_arms
+    out = tmp_path / "report"
+    args = ["report", str(ce / "seed0"), str(ar / "seed0"), "--labels", "CE", "CE + AR"]
+    assert main([*args, "-o", str(out), "--n-boot", "100", "--no-images"]) == 0
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    # Results table: the eval Boundary IoU in %, and a per-class Boundary IoU table
+    assert "eval boundary IoU" in md and "| CE | " in md
+    lines = md.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| run | "))
+    header, row = lines[at], lines[at + 2]  # the Results table's header and first row
+    col = [c.strip() for c in header.split("|")].index("eval boundary IoU")
+    assert [c.strip() for c in row.split("|")][col] == "30.00"
+    assert "Per-class Boundary IoU" in md and "Boundary IoU B - A" in md
+    # one run per arm: said above the comparison, in both documents
+    assert '<p class="note">Warning: seed noise is NOT covered' in page
+    assert "**Warning: seed noise is NOT covered" in md
+    # the forest plot's file name is plain, and its caption explains the dots
+    names = sorted(p.name for p in (out / "figures").iterdir())
+    assert "delta-ce-plus-ar-vs-ce.png" in names, names
+    assert all(re.fullmatch(r"[a-z0-9_-]+\.png", n) and "__" not in n for n in names)
+    assert "dots = difference of the pooled IoU" in md
+
+
+def test_affinity_and_report_take_a_data_root(monkeypatch, tmp_path):
+    """--data-root replaces the stored data.root (a dataset moved since training), as for eval."""
+    import arseg.engine
+    from arseg.analysis.affinity import load_models_and_dataset
+
+    stored = {"data": {"root": "/gone/camvid", "val_split": "val"}}
+    seen = {}
+
+    def fake_build(cfg, split=None):
+        seen["root"], seen["split"] = cfg["data"]["root"], split
+        raise FileNotFoundError(f"no dataset at {cfg['data']['root']}")
+
+    monkeypatch.setattr(arseg.engine, "load_model", lambda ckpt, map_location: (None, stored))
+    monkeypatch.setattr(arseg.engine, "build_eval_dataset", fake_build)
+    with pytest.raises(FileNotFoundError):
+        load_models_and_dataset(["r"], data_root=tmp_path / "camvid")
+    assert seen == {"root": str(tmp_path / "camvid"), "split": None}
+    assert stored["data"]["root"] == "/gone/camvid"  # the loaded config is not changed
+    assert main(["affinity", "r", "--data-root", "/new/camvid", "-o", str(tmp_path / "a.png")]) == 2
+    assert seen["root"] == "/new/camvid"

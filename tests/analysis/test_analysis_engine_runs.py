@@ -54,6 +54,8 @@ def trained_runs(tmp_path_factory):
     )
     for run in (base, fine):
         assert main(["eval", str(run), "--no-progress"]) == 0
+    # the study's spelling: the last checkpoint on the val split, into RUN/eval/val-last
+    assert main(["eval", str(fine), "--checkpoint", "last", "--split", "val", "--no-progress"]) == 0
     return base, fine
 
 
@@ -137,12 +139,63 @@ def test_compare_on_engine_runs(trained_runs, tmp_path):
         == 0
     )
     data = json.loads((tmp_path / "c.json").read_text())
-    eval_a = json.loads((base / "eval" / "metrics.json").read_text())
-    eval_b = json.loads((fine / "eval" / "metrics.json").read_text())
+    eval_a = json.loads((base / "eval" / "val" / "metrics.json").read_text())
+    eval_b = json.loads((fine / "eval" / "val" / "metrics.json").read_text())
     # mIoU recomputed from the per-image confusion matrices agrees with the engine's own
     assert data["arm_a"]["miou"][0] == pytest.approx(eval_a["miou"], abs=1e-5)
     assert data["arm_b"]["miou"][0] == pytest.approx(eval_b["miou"], abs=1e-5)
     assert data["bootstrap"]["ci_low"] <= data["delta_miou"] <= data["bootstrap"]["ci_high"]
+    # and so does the Boundary IoU from the per-image counts
+    assert data["arm_a"]["metrics"]["boundary_iou"]["values"][0] == pytest.approx(
+        eval_a["boundary_iou"], abs=1e-9
+    )
+    assert data["boundary_iou"]["delta"] == pytest.approx(
+        eval_b["boundary_iou"] - eval_a["boundary_iou"], abs=1e-9
+    )
+
+
+def test_eval_writes_per_split_and_checkpoint_folders(trained_runs, tmp_path, capsys):
+    _base, fine = trained_runs
+    best, last = fine / "eval" / "val", fine / "eval" / "val-last"
+    for folder, name in ((best, "best"), (last, "last")):
+        metrics = json.loads((folder / "metrics.json").read_text())
+        assert metrics["checkpoint_name"] == name and metrics["split"] == "val"
+        assert metrics["checkpoint"].endswith(f"{name}.ckpt")
+        counts = np.load(folder / "per_image_boundary.npy")
+        conf = np.load(folder / "per_image_confusion.npy")
+        assert counts.dtype == np.int64 and counts.shape == (3, 2, conf.shape[1])
+        assert np.all(counts[:, 0] <= counts[:, 1])
+        total = counts.sum(0).astype(float)
+        present = total[1] > 0
+        assert metrics["boundary_iou"] == pytest.approx(
+            float(np.mean(total[0][present] / total[1][present]))
+        )
+        assert set(metrics["boundary_iou_per_class"]) == set(metrics["classes"])
+        assert metrics["boundary_ratio"] == 0.02
+    assert not (fine / "eval" / "metrics.json").exists()  # nothing in the old place
+    # the exact command lines of `arseg study`
+    base = trained_runs[0]
+    assert main(["eval", str(base), "--checkpoint", "last", "--split", "val", "--no-progress"]) == 0
+    out = tmp_path / "last.json"
+    args = ["compare", str(base), str(fine), "--split", "val", "--n-boot", "100"]
+    assert main([*args, "--checkpoint", "last", "--json", str(out), "--markdown"]) == 0
+    data = json.loads(out.read_text())
+    assert data["checkpoint"] == "last" and data["split"] == "val"
+    last_miou = json.loads((last / "metrics.json").read_text())["miou"]
+    assert data["arm_b"]["miou"][0] == pytest.approx(last_miou, abs=1e-5)
+
+
+def test_compare_last_needs_an_evaluation_of_the_last_checkpoint(trained_runs, tmp_path, capsys):
+    import shutil
+
+    base, fine = trained_runs
+    copy = tmp_path / "baseline"  # without its checkpoints and any last evaluation
+    shutil.copytree(base, copy, ignore=shutil.ignore_patterns("checkpoints", "val-last"))
+    args = ["compare", str(copy), str(fine), "--checkpoint", "last", "--n-boot", "100"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert f"run `arseg eval {copy} --split val --checkpoint last` first" in err
 
 
 def test_report_on_engine_runs(trained_runs, tmp_path):

@@ -161,3 +161,58 @@ def test_overlays_and_curves(tmp_path):
     assert np.allclose(ax_m.lines[0].get_ydata(), [30, 40, 45])  # in percent
     _not_blank(save_figure(fig, tmp_path / "curves.png")[0])
     plt.close(fig)
+
+
+def test_affinity_figure_names_its_marker_shapes():
+    image, target = _sample()
+    panels = compute_affinity_panels(
+        {"m": FixedLogits(torch.zeros(1, 3, 12, 16))},
+        [(image, target, "scene"), (image, target, "again")],  # two rows
+        scales=(12, 6),
+    )
+    fig = affinity_figure(panels, scales=(12, 6))
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["12x12 grid", "6x6 grid"]
+    shapes = [h.get_paths()[0].vertices.shape[0] for h in legend.legend_handles]
+    assert shapes[0] != shapes[1]  # a circle and a square
+    plt.close(fig)
+    fig = affinity_figure(panels, scales=(12, 6), show_grid=False)
+    assert not fig.legends  # no points drawn, nothing to explain
+    plt.close(fig)
+
+
+def test_forest_plot_explains_its_dots():
+    from arseg.analysis.figures import plot_class_deltas
+
+    fig = plot_class_deltas(
+        ["a", "b"], [0.01, -0.02], [-0.01, -0.03], [0.03, -0.01], overall=(0.0, -0.01, 0.01)
+    )
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["mIoU", "class: interval includes 0", "class: interval excludes 0"]
+    assert "dot = IoU difference" in legend.get_title().get_text()
+    plt.close(fig)
+
+
+def test_curves_iteration_ticks_are_integers_and_raw_traces_differ():
+    from matplotlib.colors import rgb_to_hsv
+
+    steps = np.arange(4)  # few steps: matplotlib would put ticks at 0.5, 1.5, ...
+    fig = plot_curves(
+        {
+            "CE": {"ar": (steps, 0.2 - 1e-3 * steps)},
+            "+AR": {"ar": (steps, 0.2 - 2e-3 * steps)},
+        },
+        smooth=2,
+    )
+    ax_a = fig.axes[1]
+    fig.canvas.draw()
+    ticks = ax_a.get_xticks()
+    assert len(ticks) > 2 and np.allclose(ticks, np.round(ticks))
+    raw = [line for line in ax_a.lines if line.get_label().endswith("(raw)")]
+    assert [line.get_label() for line in raw] == ["CE (raw)", "+AR (raw)"]
+    colors = [np.asarray(to_rgb(line.get_color())) for line in raw]
+    assert np.abs(colors[0] - colors[1]).max() > 0.15  # not one grey for both runs
+    assert all(rgb_to_hsv(c)[1] > 0.2 for c in colors)  # coloured, not grey
+    assert all(line.get_alpha() in (None, 1.0) for line in raw)  # opaque: overlaps stay apart
+    plt.close(fig)

@@ -254,3 +254,65 @@ def test_seed_summary_and_paired_test():
     assert paired_seed_test([0.4], [0.5]) is None
     with pytest.raises(ValueError, match="same number"):
         paired_seed_test([0.4, 0.5], [0.5])
+
+
+def _iu(conf: np.ndarray) -> np.ndarray:
+    """Intersections and unions (..., 2, C) of confusion matrices, written out independently."""
+    tp = np.einsum("...ii->...i", conf)
+    return np.stack([tp, conf.sum(-1) + conf.sum(-2) - tp], axis=-2)
+
+
+def test_bootstrap_of_counts_is_the_iou_bootstrap_of_the_same_counts(make_confusions):
+    """IoU as intersection / union counts (what Boundary IoU stores) gives the mIoU bootstrap."""
+    from arseg.analysis.stats import paired_bootstrap_counts
+
+    rng = np.random.default_rng(7)
+    a = np.stack([make_confusions(rng, 25, 0.6) for _ in range(3)])
+    b = np.stack([make_confusions(rng, 25, 0.66) for _ in range(3)])
+    for resample_runs in (False, True):
+        ref = paired_bootstrap(a, b, n_boot=300, seed=2, resample_runs=resample_runs)
+        got = paired_bootstrap_counts(
+            _iu(a), _iu(b), n_boot=300, seed=2, resample_runs=resample_runs
+        )
+        assert (got.delta, got.ci_low, got.ci_high, got.p_value) == (
+            ref.delta,
+            ref.ci_low,
+            ref.ci_high,
+            ref.p_value,
+        )
+        assert [c.delta for c in got.per_class] == [c.delta for c in ref.per_class]
+
+
+def test_bootstrap_of_boundary_counts(make_boundary_counts):
+    from arseg.analysis.stats import paired_bootstrap_counts
+
+    rng = np.random.default_rng(8)
+    a, b = make_boundary_counts(rng, 40, 0.5), make_boundary_counts(rng, 40, 0.7)
+    res = paired_bootstrap_counts(a, b, n_boot=500)
+    pooled = lambda c: np.mean(c[:, 0].sum(0) / c[:, 1].sum(0))  # noqa: E731
+    assert res.delta == pytest.approx(pooled(b) - pooled(a))
+    assert res.ci_low > 0 and res.ci_low < res.delta < res.ci_high
+    same = paired_bootstrap_counts(a, a, n_boot=200)
+    assert (same.delta, same.ci_low, same.ci_high) == (0.0, 0.0, 0.0)
+    bad = a.copy()
+    bad[0, 0, 0] = bad[0, 1, 0] + 1
+    with pytest.raises(ValueError, match="between 0 and the unions"):
+        paired_bootstrap_counts(bad, b, n_boot=200)
+    with pytest.raises(ValueError, match=r"\(n_images, 2, C\)"):
+        paired_bootstrap_counts(a[:, :1], b, n_boot=200)
+
+
+def test_paired_t_interval_matches_scipy():
+    from arseg.analysis.stats import MIN_SEED_PAIRS, distinct_seed_resamples
+
+    a, b = [0.40, 0.42, 0.41, 0.43], [0.42, 0.43, 0.44, 0.44]
+    t = paired_seed_test(a, b, level=0.9)
+    ci = sps.ttest_rel(b, a).confidence_interval(confidence_level=0.9)
+    assert (t.ci_low, t.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-12)
+    assert t.level == 0.9 and t.n_pairs == 4 and t.excludes_zero == (ci.low > 0)
+    flat = paired_seed_test([0.25, 0.5], [0.375, 0.625])  # zero variance: a point interval
+    assert (flat.ci_low, flat.ci_high) == (0.125, 0.125)
+    # 3 pairs give 10 distinct bootstrap draws of the seed pairs (issue 13 item 9)
+    assert distinct_seed_resamples(3) == 10 and MIN_SEED_PAIRS == 5
+    with pytest.raises(ValueError, match="level"):
+        paired_seed_test(a, b, level=1.5)

@@ -93,8 +93,8 @@ def test_fit_finetune_eval_predict(tmp_path, tiny_config, capsys):
     capsys.readouterr()
     assert main(["eval", str(ft), "--no-progress"]) == 0
     assert "mIoU" in capsys.readouterr().out
-    metrics = json.loads((ft / "eval" / "metrics.json").read_text())
-    conf = np.load(ft / "eval" / "per_image_confusion.npy")
+    metrics = json.loads((ft / "eval" / "val" / "metrics.json").read_text())  # RUN/eval/<split>
+    conf = np.load(ft / "eval" / "val" / "per_image_confusion.npy")
     assert conf.shape == (7, 6, 6) and conf.dtype == np.int64
     assert conf.sum() == 7 * 32 * 32  # synthetic scenes have no ignored pixels
     ft_summary = json.loads((ft / "summary.json").read_text())  # one epoch: best = last

@@ -152,17 +152,28 @@ def affinity_figure(panels: Sequence[AffinityPanel], *, scales=(12, 6), show_gri
         titles=[p.name for p in panels],
         block_sizes=[gh * gw for gh, gw in grids],
         grid_points=[p.grid_points for p in panels] if show_grid else None,
+        grid_names=[f"{gh}x{gw} grid" for gh, gw in grids],
     )
 
 
 def load_models_and_dataset(
-    checkpoints: Sequence[str | Path], *, split: str = "val", map_location: str = "cpu"
+    checkpoints: Sequence[str | Path],
+    *,
+    split: str | None = None,
+    map_location: str = "cpu",
+    data_root: str | Path | None = None,
 ):
     """Load each checkpoint (or run directory) with the engine and the eval dataset of the first.
+
+    Args:
+        split: the dataset split (default: the first config's ``data.val_split``).
+        data_root: the dataset root, if it moved since training (replaces ``data.root``).
 
     Returns:
         (list of models in eval mode, list of configs, dataset).
     """
+    import copy
+
     from arseg.engine import build_eval_dataset, load_model
 
     models, configs = [], []
@@ -170,7 +181,11 @@ def load_models_and_dataset(
         model, config = load_model(ckpt, map_location=map_location)
         models.append(model)
         configs.append(config)
-    dataset = build_eval_dataset(configs[0], split=split)
+    data_cfg = configs[0]
+    if data_root is not None:
+        data_cfg = copy.deepcopy(data_cfg)
+        data_cfg["data"]["root"] = str(data_root)
+    dataset = build_eval_dataset(data_cfg, split=split)
     return models, configs, dataset
 
 

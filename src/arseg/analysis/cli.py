@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -20,15 +22,79 @@ def _scales(text: str) -> list[int]:
     return values
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds ``(default: X)`` only where the help text does not already give the default and
+    there is one to show (no "(default: None)" after "(default: run/best, ...)")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        # identity, not ==: 0 == False, and a default of 0 is worth showing
+        if "default" in text or default is None or default is False or default == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+class OutputError(OSError):
+    """An output file or folder cannot be written."""
+
+
 def _fail(err: Exception) -> int:
     print(f"error: {err}", file=sys.stderr)
     return 2
 
 
+def _os_reason(err: OSError) -> str:
+    return err.strerror or str(err)
+
+
+def _check_output(path: str | Path | None, *, folder: bool = False) -> None:
+    """Fail early, in one line, when ``path`` (a file, or a folder with ``folder``) cannot be
+    written: before any table is printed or model loaded."""
+    if not path:
+        return
+    path = Path(path)
+    target = path if folder else path.parent
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(
+            f"cannot write {path}: cannot create {target}: {_os_reason(err)}"
+        ) from None
+    if not folder and path.is_dir():
+        raise OutputError(f"cannot write {path}: it is a directory")
+    probe = target if folder or not path.exists() else path
+    if not os.access(probe, os.W_OK):
+        raise OutputError(f"cannot write {path}: {probe} is not writable")
+
+
+def _jsonable(obj: object) -> object:
+    """NaN and infinities as null: strict JSON, readable by any parser."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    return obj
+
+
 def _write_json(path: str | None, data: object) -> None:
     if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(data, indent=2) + "\n")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+        except OSError as err:
+            raise OutputError(f"cannot write {path}: {_os_reason(err)}") from None
+
+
+def _save(fig, out: str | Path, formats: tuple[str, ...]) -> list[Path]:
+    from arseg.analysis.figures import save_figure
+
+    try:
+        return save_figure(fig, out, formats)
+    except OSError as err:
+        raise OutputError(f"cannot write {out}: {_os_reason(err)}") from None
 
 
 def _checkpoint_label(path: Path) -> str:
@@ -50,18 +116,20 @@ def _affinity(args: argparse.Namespace) -> int:
         dataset_samples,
         load_models_and_dataset,
     )
-    from arseg.analysis.figures import save_figure
     from arseg.analysis.runs import distinct_labels
 
     try:
         labels = distinct_labels(args.checkpoints, args.labels)
-    except ValueError as err:
+        _check_output(args.out)
+    except (OutputError, ValueError) as err:
         return _fail(err)
     if args.labels is None:  # run/best, run/last ... where those differ, else path suffixes
         defaults = [_checkpoint_label(Path(c)) for c in args.checkpoints]
         labels = defaults if len(set(defaults)) == len(defaults) else labels
     try:
-        models, _, dataset = load_models_and_dataset(args.checkpoints, split=args.split)
+        models, _, dataset = load_models_and_dataset(
+            args.checkpoints, split=args.split, data_root=args.data_root
+        )
         samples = dataset_samples(dataset, args.images)
     except (OSError, ValueError, IndexError) as err:
         return _fail(err)
@@ -72,22 +140,28 @@ def _affinity(args: argparse.Namespace) -> int:
     for p in panels:
         losses = ", ".join(f"{m}: {v:.4f}" for m, v in p.ar_loss.items())
         print(f"{p.name}: AR loss {losses}")
-    written = save_figure(
-        affinity_figure(panels, scales=args.scales, show_grid=not args.no_grid), args.out, ("png",)
-    )
+    try:
+        written = _save(
+            affinity_figure(panels, scales=args.scales, show_grid=not args.no_grid),
+            args.out,
+            ("png",),
+        )
+    except OutputError as err:
+        return _fail(err)
     print(f"wrote {written[0]}")
     return 0
 
 
 def _curves(args: argparse.Namespace) -> int:
-    from arseg.analysis.figures import plot_curves, save_figure
+    from arseg.analysis.figures import plot_curves
     from arseg.analysis.report import curve_data
     from arseg.analysis.runs import RunError, distinct_labels, load_run
 
     try:
         runs = [load_run(p) for p in args.runs]
         labels = distinct_labels(args.runs, args.labels)
-    except (RunError, ValueError) as err:
+        _check_output(args.out)
+    except (RunError, OutputError, ValueError) as err:
         return _fail(err)
     curves = {}
     for label, run in zip(labels, runs):
@@ -101,7 +175,10 @@ def _curves(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         curves[label] = data
-    written = save_figure(plot_curves(curves, smooth=args.smooth), args.out, ("png", "svg"))
+    try:
+        written = _save(plot_curves(curves, smooth=args.smooth), args.out, ("png", "svg"))
+    except OutputError as err:
+        return _fail(err)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
@@ -111,38 +188,49 @@ def _trend(args: argparse.Namespace) -> int:
     from arseg.analysis.runs import RunError, load_run
 
     try:
+        _check_output(args.json)
         run = load_run(args.run)
         start = load_run(args.start_from) if args.start_from else None
         report = trend_of_run(
             run, key=args.key, val_key=args.val_key, start_from=start, min_step=args.min_step
         )
-    except (RunError, ValueError) as err:
+    except (RunError, OutputError, ValueError) as err:
         return _fail(err)
     print(report.format())
-    _write_json(args.json, report.as_dict())
+    try:
+        _write_json(args.json, report.as_dict())
+    except OutputError as err:
+        return _fail(err)
     return 0
 
 
 def _compare(args: argparse.Namespace) -> int:
     from arseg.analysis.compare import compare_runs, format_comparison
-    from arseg.analysis.runs import RunError, expand_run_group
+    from arseg.analysis.runs import RunError, distinct_labels, expand_run_group
 
     try:
-        runs_a = expand_run_group(args.run_a)
-        runs_b = expand_run_group(args.run_b)
+        _check_output(args.json)  # before the (long) bootstrap and before any table is printed
+        select = {"split": args.split, "checkpoint": args.checkpoint}
+        runs_a = expand_run_group(args.run_a, **select)
+        runs_b = expand_run_group(args.run_b, **select)
+        # default names: the arms' folders, with parents where they are the same (ce/s0, ar/s0)
+        names = distinct_labels([args.run_a.split(",")[0], args.run_b.split(",")[0]])
         cmp = compare_runs(
             runs_a,
             runs_b,
             n_boot=args.n_boot,
             level=args.level,
             seed=args.seed,
-            label_a=args.label_a or Path(args.run_a.split(",")[0]).name,
-            label_b=args.label_b or Path(args.run_b.split(",")[0]).name,
+            label_a=args.label_a or names[0],
+            label_b=args.label_b or names[1],
         )
-    except (RunError, ValueError) as err:
+    except (RunError, OutputError, ValueError) as err:
         return _fail(err)
     print(format_comparison(cmp, markdown=args.markdown))
-    _write_json(args.json, cmp.as_dict())
+    try:
+        _write_json(args.json, cmp.as_dict())
+    except OutputError as err:
+        return _fail(err)
     return 0
 
 
@@ -153,6 +241,7 @@ def _report(args: argparse.Namespace) -> int:
     try:
         if args.labels is not None:
             distinct_labels(args.runs, args.labels)  # a clear error before any work
+        _check_output(args.out, folder=True)
         paths = build_report(
             args.runs,
             args.out,
@@ -164,17 +253,38 @@ def _report(args: argparse.Namespace) -> int:
             n_boot=args.n_boot,
             seed=args.seed,
             scales=args.scales,
+            checkpoint=args.checkpoint,
+            data_root=args.data_root,
         )
-    except (RunError, ValueError) as err:
+    except (RunError, OutputError, ValueError) as err:
         return _fail(err)
+    except OSError as err:  # a figure or page that cannot be written after all (disk full)
+        return _fail(OutputError(f"cannot write the report to {args.out}: {_os_reason(err)}"))
     print(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)")
     return 0
 
 
 # ----------------------------------------------------------------------- parsers
+def _add_eval_selection(p: argparse.ArgumentParser, *, images: bool = False) -> None:
+    """``--split`` and ``--checkpoint``: which `arseg eval` results (RUN/eval/SPLIT[-last]) to read."""
+    also = "; also the images of the heat maps and overlays" if images else ""
+    p.add_argument(
+        "--split",
+        default=None,
+        help=f"evaluation split read from RUN/eval/SPLIT (default: each run's data.val_split){also}",
+    )
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default="best",
+        help="read the evaluation of this checkpoint (`arseg eval RUN --checkpoint last` writes "
+        f"RUN/eval/SPLIT-last){'; the heat maps use it too' if images else ''}",
+    )
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``affinity``, ``curves``, ``trend``, ``compare`` and ``report`` to ``arseg``."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
 
     p = subparsers.add_parser(
         "affinity",
@@ -197,7 +307,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[0, 1],
         help="indices of the images in the evaluation split",
     )
-    p.add_argument("--split", default="val", help="dataset split of the first checkpoint's config")
+    p.add_argument(
+        "--split",
+        default=None,
+        help="dataset split (default: the first checkpoint's data.val_split)",
+    )
+    p.add_argument(
+        "--data-root", default=None, help="dataset root if it moved since training (as for eval)"
+    )
     p.add_argument(
         "--labels", nargs="+", help="names of the models (default: run/best, run/last, ...)"
     )
@@ -262,6 +379,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run_a", metavar="RUN_A", help="reference arm (e.g. CE-only fine-tunes)")
     p.add_argument("run_b", metavar="RUN_B", help="other arm (e.g. CE + AR fine-tunes)")
+    _add_eval_selection(p)
     p.add_argument("--label-a", help="name of arm A")
     p.add_argument("--label-b", help="name of arm B")
     p.add_argument("--n-boot", type=int, default=10_000, help="bootstrap resamples")
@@ -288,7 +406,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--title", default="arseg report", help="page title")
     p.add_argument("--num-images", type=int, default=3, help="images in heat maps and overlays")
-    p.add_argument("--split", default="val", help="dataset split for heat maps and overlays")
+    _add_eval_selection(p, images=True)
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="dataset root for heat maps and overlays if it moved since training (as for eval)",
+    )
     p.add_argument(
         "--no-images", action="store_true", help="skip heat maps and overlays (no model loading)"
     )

@@ -143,6 +143,7 @@ def plot_affinity(
     titles: Sequence[str] | None = None,
     block_sizes: Sequence[int] | None = None,
     grid_points: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]] | None = None,
+    grid_names: Sequence[str] | None = None,
 ) -> Figure:
     """Figure 4: one row per image: the input, M, and A of each model, one shared colour scale.
 
@@ -155,7 +156,8 @@ def plot_affinity(
         block_sizes: the number of positions of each sampling scale (e.g. (144, 36)): thin lines
             separate the scale blocks.
         grid_points: per image, per scale, (ys, xs) pixel coordinates of the sampled points,
-            drawn on the input.
+            drawn on the input, one marker shape per scale.
+        grid_names: a legend name per scale (e.g. "12x12 grid"; default "grid 1", ...).
 
     Returns:
         The figure. Masked pairs are drawn grey.
@@ -175,22 +177,26 @@ def plot_affinity(
     )
     cmap = plt.get_cmap(AFFINITY_CMAP).with_extremes(bad="#9a9a9a")
     im = None
+    markers = ("o", "s", "^", "D")
+    edge_colors = ("#FFFFFF", "#E69F00", "#CC79A7", "#009E73")
+    grid_handles = []
     for r in range(n):
         ax = axes[r, 0]
         ax.imshow(np.clip(images[r], 0, 1))
         if grid_points is not None:
-            markers = ("o", "s", "^", "D")
-            edge = ("#FFFFFF", "#E69F00", "#CC79A7", "#009E73")
             for s, (ys, xs) in enumerate(grid_points[r]):
-                ax.scatter(
+                handle = ax.scatter(
                     xs,
                     ys,
                     s=5 if s == 0 else 18,
                     marker=markers[s % 4],
                     facecolors="none",
-                    edgecolors=edge[s % 4],
+                    edgecolors=edge_colors[s % 4],
                     linewidths=0.6 if s == 0 else 1.0,
+                    label=grid_names[s] if grid_names and s < len(grid_names) else f"grid {s + 1}",
                 )
+                if r == 0:
+                    grid_handles.append(handle)
         ax.set_title(titles[r] if titles else f"image {r}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -213,10 +219,33 @@ def plot_affinity(
                     ax.axvline(edge - 0.5, color="k", lw=0.6)
     cbar = fig.colorbar(im, ax=axes[:, 1:], shrink=0.8, aspect=30)
     cbar.set_label("affinity (0 = different class, 1 = same class)")
+    if grid_handles:
+        # the markers are white/orange outlines: show them on grey, as on a photo
+        legend = fig.legend(
+            handles=grid_handles,
+            title="sampled positions",
+            loc="outside lower left",
+            ncol=len(grid_handles),
+            fontsize=8,
+            title_fontsize=8,
+            markerscale=1.8,
+            facecolor="#777777",
+            framealpha=1.0,
+        )
+        legend.get_title().set_color("white")
+        for text in legend.get_texts():
+            text.set_color("white")
     return fig
 
 
 # -------------------------------------------------------------------------- curves
+def _tint(color: str, amount: float) -> str:
+    """``color`` mixed with white: 0 = unchanged, 1 = white (an opaque light version)."""
+    rgb = np.asarray(_hex_to_rgb(color), dtype=float)
+    mixed = rgb + (255.0 - rgb) * amount
+    return "#" + "".join(f"{round(v):02x}" for v in mixed)
+
+
 def _moving_average(y: np.ndarray, window: int) -> np.ndarray:
     if window <= 1 or y.size < window:
         return y
@@ -251,7 +280,17 @@ def plot_curves(
             x, y = (np.asarray(v, dtype=float) for v in data["ar"])
             window = smooth if smooth is not None else max(1, y.size // 20)
             if window > 1:
-                ax_a.plot(x, y, color=color, alpha=0.25, lw=0.8)
+                # the raw trace in a light opaque tint of the run's colour (a transparent line
+                # turns every run's trace the same grey where they overlap), dotted
+                ax_a.plot(
+                    x,
+                    y,
+                    color=_tint(color, 0.55),
+                    lw=0.8,
+                    ls=(0, (1, 1)),
+                    label=f"{label} (raw)",
+                    zorder=1,
+                )
             ax_a.plot(
                 x,
                 _moving_average(y, window),
@@ -260,6 +299,7 @@ def plot_curves(
                 label=label + (f" (moving avg. {window})" if window > 1 else ""),
             )
     ax_m.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_a.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax_m.set_xlabel("epoch")
     ax_m.set_ylabel("val mIoU (%)")
     ax_m.set_title("Validation mIoU")
@@ -394,7 +434,9 @@ def plot_class_deltas(
 ) -> Figure:
     """Forest plot: per-class IoU difference (points, %) with bootstrap intervals.
 
-    ``overall`` = (delta, low, high) of the mIoU, drawn on top in black.
+    Each dot is a class's IoU difference (IoU pooled over the images, B - A), its bar the
+    paired bootstrap interval; orange where the interval excludes 0, blue where it does not.
+    ``overall`` = (delta, low, high) of the mIoU, drawn on top in black. A legend says so.
     """
     rows = list(names)
     d = 100 * np.asarray(deltas, dtype=float)
@@ -425,10 +467,24 @@ def plot_class_deltas(
     ax.set_yticks(y, rows)
     ax.invert_yaxis()
     ax.set_xlabel(f"IoU difference {label} (points)")
-    ax.set_title(
-        f"Difference with {100 * level:.0f}% paired bootstrap interval\n"
-        "(orange: interval excludes 0)",
-        fontsize=10,
-    )
+    ax.set_title(f"Difference with {100 * level:.0f}% paired bootstrap interval", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
+    from matplotlib.lines import Line2D
+
+    def entry(color: str, text: str) -> Line2D:
+        return Line2D([], [], color=color, marker="o", lw=1.5, label=text)
+
+    handles = [entry(LINE_COLORS[0], "class: interval includes 0")]
+    handles.append(entry(LINE_COLORS[1], "class: interval excludes 0"))
+    if overall is not None:
+        handles.insert(0, entry("#000000", "mIoU"))
+    fig.legend(
+        handles=handles,
+        title=f"dot = IoU difference, bar = {100 * level:.0f}% interval",
+        loc="outside lower center",
+        ncol=len(handles),
+        fontsize=8,
+        title_fontsize=8,
+        frameon=False,
+    )
     return fig

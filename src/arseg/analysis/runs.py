@@ -6,8 +6,17 @@ A run directory (see the README) holds::
     RUN/metrics.csv                    Lightning CSVLogger: per-step and per-epoch rows
     RUN/summary.json                   {"best_miou", "final", "steps", "wall_time_s"}
     RUN/checkpoints/{best,last}.ckpt
-    RUN/eval/metrics.json              written by ``arseg eval RUN``
-    RUN/eval/per_image_confusion.npy   (n_images, C, C) int64, rows = ground truth
+    RUN/eval/<split>/                  ``arseg eval RUN --split <split>`` (best checkpoint)
+        metrics.json                   mIoU, Boundary IoU, pixel acc, val AR, per class
+        per_image_confusion.npy        (n_images, C, C) int64, rows = ground truth
+        per_image_boundary.npy         (n_images, 2, C) int64 Boundary IoU intersections, unions
+    RUN/eval/<split>-last/             ``arseg eval RUN --split <split> --checkpoint last``
+
+A :class:`Run` reads the evaluation of one split and checkpoint (``split=None``: the config's
+``data.val_split``, else ``val``). Runs evaluated before evaluations were kept per split hold
+``RUN/eval/metrics.json`` and ``RUN/eval/per_image_confusion.npy`` directly: they are read as
+the best checkpoint's evaluation of the split named in that metrics.json (else the config's
+validation split).
 
 Everything here is read lazily and only what a command needs: a run without
 ``eval/`` can still be plotted, a run without ``metrics.csv`` can still be compared.
@@ -21,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -32,17 +42,33 @@ import pandas as pd
 import yaml
 
 __all__ = [
+    "CHECKPOINTS",
     "Run",
     "RunError",
     "distinct_labels",
+    "eval_dir_name",
     "expand_run_group",
     "find_key",
     "load_run",
 ]
 
+#: The checkpoints whose evaluations the analysis commands select with ``--checkpoint``.
+CHECKPOINTS = ("best", "last")
+
 
 class RunError(ValueError):
     """A path is not a run directory, or lacks a file that a command needs."""
+
+
+def eval_dir_name(split: str, checkpoint: str = "best") -> str:
+    """Folder under ``RUN/eval`` of an evaluation, as :func:`arseg.engine.train.evaluate` names
+    it: ``<split>`` for the best checkpoint, ``<split>-<checkpoint>`` for another one.
+
+    Example:
+        >>> eval_dir_name("val"), eval_dir_name("val", "last")
+        ('val', 'val-last')
+    """
+    return split if checkpoint == "best" else f"{split}-{checkpoint}"
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -80,16 +106,22 @@ class Run:
     Attributes:
         path: the run directory.
         label: a short display name (default: the directory name).
+        split: the evaluation split read (default: the config's ``data.val_split``, else val).
+        eval_checkpoint: whose evaluation is read, ``best`` (default) or ``last``.
     """
 
     path: Path
     label: str = ""
+    split: str | None = None
+    eval_checkpoint: str = "best"
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if not self.label:
             self.label = self.path.name or str(self.path)
+        if self.eval_checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be 'best' or 'last', got {self.eval_checkpoint!r}")
 
     # ------------------------------------------------------------------ files
     @cached_property
@@ -108,11 +140,51 @@ class Run:
         file = self.path / "summary.json"
         return json.loads(file.read_text()) if file.is_file() else {}
 
+    @property
+    def config_val_split(self) -> str:
+        """The config's ``data.val_split`` (``val`` when the config does not say)."""
+        data = self.config.get("data")
+        value = data.get("val_split") if isinstance(data, dict) else None
+        return str(value) if value else "val"
+
+    @property
+    def eval_split(self) -> str:
+        """The split whose evaluation is read: ``split``, else the config's validation split."""
+        return self.split or self.config_val_split
+
+    @cached_property
+    def eval_dir(self) -> Path | None:
+        """The folder of the selected evaluation (see the module docstring), None if absent."""
+        root = self.path / "eval"
+        new = root / eval_dir_name(self.eval_split, self.eval_checkpoint)
+        if (new / "metrics.json").is_file() or (new / "per_image_confusion.npy").is_file():
+            return new
+        legacy = root / "metrics.json"
+        if self.eval_checkpoint == "best" and (
+            legacy.is_file() or (root / "per_image_confusion.npy").is_file()
+        ):
+            stored = _read_json(legacy).get("split") if legacy.is_file() else None
+            if (stored or self.config_val_split) == self.eval_split:
+                return root
+        return None
+
+    @property
+    def eval_command(self) -> str:
+        """The ``arseg eval`` command that writes the selected evaluation."""
+        cmd = f"arseg eval {self.path} --split {self.eval_split}"
+        return cmd + (" --checkpoint last" if self.eval_checkpoint == "last" else "")
+
+    @property
+    def has_eval(self) -> bool:
+        """Whether the selected evaluation has its per-image confusion matrices."""
+        return self.eval_dir is not None and (self.eval_dir / "per_image_confusion.npy").is_file()
+
     @cached_property
     def eval_metrics(self) -> dict[str, Any]:
-        """eval/metrics.json (``{}`` when absent)."""
-        file = self.path / "eval" / "metrics.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
+        """The selected evaluation's metrics.json (``{}`` when absent)."""
+        if self.eval_dir is None or not (self.eval_dir / "metrics.json").is_file():
+            return {}
+        return _read_json(self.eval_dir / "metrics.json")
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
@@ -130,19 +202,39 @@ class Run:
         """Per-image confusion matrices (n_images, C, C) int64, rows = ground truth.
 
         Raises:
-            RunError: if ``eval/per_image_confusion.npy`` is missing or malformed.
+            RunError: if the selected evaluation's ``per_image_confusion.npy`` is missing or
+                malformed.
         """
         if "confusion" not in self._cache:
-            file = self.path / "eval" / "per_image_confusion.npy"
-            if not file.is_file():
+            if not self.has_eval:
                 raise RunError(
-                    f"{self.path} has no eval/per_image_confusion.npy: run `arseg eval {self.path}` first"
+                    f"{self.path} has no evaluation of split {self.eval_split!r} "
+                    f"({self.eval_checkpoint} checkpoint): run `{self.eval_command}` first"
                 )
-            conf = np.load(file)
+            file = self.eval_dir / "per_image_confusion.npy"  # type: ignore[operator]
+            conf = _load_npy(file)
             if conf.ndim != 3 or conf.shape[1] != conf.shape[2]:
                 raise RunError(f"{file}: expected shape (n_images, C, C), got {conf.shape}")
             self._cache["confusion"] = conf.astype(np.int64, copy=False)
         return self._cache["confusion"]
+
+    def boundary(self) -> np.ndarray | None:
+        """Per-image Boundary IoU counts (n_images, 2, C) int64 (intersections, unions), or None
+        when the evaluation has none (written by an arseg before Boundary IoU).
+
+        Raises:
+            RunError: if the file is malformed.
+        """
+        if "boundary" not in self._cache:
+            file = self.eval_dir / "per_image_boundary.npy" if self.eval_dir else None
+            counts = None
+            if file is not None and file.is_file():
+                counts = _load_npy(file)
+                if counts.ndim != 3 or counts.shape[1] != 2:
+                    raise RunError(f"{file}: expected shape (n_images, 2, C), got {counts.shape}")
+                counts = counts.astype(np.int64, copy=False)
+            self._cache["boundary"] = counts
+        return self._cache["boundary"]
 
     def checkpoint(self, which: str = "best") -> Path:
         """Path of ``checkpoints/<which>.ckpt`` (falls back to last.ckpt for ``best``)."""
@@ -202,28 +294,60 @@ class Run:
                 out[name] = float(self.series(key, index="epoch").iloc[-1])
         return out
 
+    def per_class_boundary_iou(self) -> dict[str, float]:
+        """Per-class Boundary IoU of the selected evaluation (``{}`` when it has none)."""
+        values = self.eval_metrics.get("boundary_iou_per_class") or {}
+        return {str(k): _as_float(v) for k, v in values.items()}
+
     def results(self) -> dict[str, float]:
-        """Headline numbers: eval/metrics.json when present, else summary.json."""
+        """Headline numbers: the selected evaluation's metrics.json and summary.json.
+
+        A value stored as null (``best_miou`` of a run that never validated, a NaN written as
+        null) is NaN here.
+        """
         out: dict[str, float] = {}
         final = self.summary.get("final", {}) or {}
         for key in ("val/miou", "val/pixel_acc", "val/ar"):
             if key in final:
-                out[key] = float(final[key])
+                out[key] = _as_float(final[key])
         if "best_miou" in self.summary:
-            out["best val/miou"] = float(self.summary["best_miou"])
+            out["best val/miou"] = _as_float(self.summary["best_miou"])
         ev = self.eval_metrics
         for src, dst in (
             ("miou", "eval miou"),
+            ("boundary_iou", "eval boundary IoU"),
             ("pixel_acc", "eval pixel_acc"),
             ("val_ar", "eval AR"),
         ):
             if src in ev:
-                out[dst] = float(ev[src])
+                out[dst] = _as_float(ev[src])
         if "steps" in self.summary:
-            out["steps"] = float(self.summary["steps"])
+            out["steps"] = _as_float(self.summary["steps"])
         if "wall_time_s" in self.summary:
-            out["wall time (s)"] = float(self.summary["wall_time_s"])
+            out["wall time (s)"] = _as_float(self.summary["wall_time_s"])
         return out
+
+
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"cannot read {file}: {err}") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _load_npy(file: Path) -> np.ndarray:
+    try:
+        return np.load(file)
+    except (OSError, ValueError) as err:
+        raise RunError(f"cannot read {file}: {err}") from None
 
 
 def distinct_labels(paths: Sequence[str | Path], labels: Sequence[str] | None = None) -> list[str]:
@@ -268,8 +392,14 @@ def distinct_labels(paths: Sequence[str | Path], labels: Sequence[str] | None = 
     return out
 
 
-def load_run(path: str | Path, label: str | None = None) -> Run:
-    """Open a run directory.
+def load_run(
+    path: str | Path,
+    label: str | None = None,
+    *,
+    split: str | None = None,
+    checkpoint: str = "best",
+) -> Run:
+    """Open a run directory (its evaluation of ``split`` with the ``checkpoint``; see :class:`Run`).
 
     Raises:
         RunError: if ``path`` does not exist or does not look like a run directory.
@@ -281,30 +411,36 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise RunError(
             f"{path} is not a run directory (expected config.yaml, metrics.csv, summary.json or eval/)"
         )
-    return Run(path, label or "")
+    return Run(path, label or "", split=split, eval_checkpoint=checkpoint)
 
 
-def expand_run_group(spec: str | Path | Sequence[str | Path]) -> list[Run]:
+def expand_run_group(
+    spec: str | Path | Sequence[str | Path],
+    *,
+    split: str | None = None,
+    checkpoint: str = "best",
+) -> list[Run]:
     """Turn a command-line run spec into runs (for example the seeds of one arm).
 
     ``spec`` is a run directory, a directory whose sub-directories are run directories
     (one per seed, sorted by name), a comma-separated list of run directories, or a
-    sequence of any of these.
+    sequence of any of these. ``split`` and ``checkpoint`` select the evaluation read.
 
     Example:
         >>> expand_run_group("runs/ar_seed0,runs/ar_seed1")  # doctest: +SKIP
     """
+    sel = {"split": split, "checkpoint": checkpoint}
     if isinstance(spec, (list, tuple)):
-        return [run for item in spec for run in expand_run_group(item)]
+        return [run for item in spec for run in expand_run_group(item, **sel)]
     text = str(spec)
     if "," in text:
-        return [run for item in text.split(",") if item for run in expand_run_group(item)]
+        return [run for item in text.split(",") if item for run in expand_run_group(item, **sel)]
     path = Path(text)
     if not path.exists():
         raise RunError(f"run directory {path} does not exist")
     if _is_run_dir(path):
-        return [load_run(path)]
+        return [load_run(path, **sel)]
     children = sorted(p for p in path.iterdir() if _is_run_dir(p))
     if not children:
         raise RunError(f"{path} is neither a run directory nor a directory of run directories")
-    return [Run(p) for p in children]
+    return [Run(p, split=split, eval_checkpoint=checkpoint) for p in children]

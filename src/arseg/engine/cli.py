@@ -193,22 +193,28 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         m = evaluate(
             args.run,
             split=args.split,
+            checkpoint=args.checkpoint,
             out_dir=args.out,
             eval_overrides=eval_over,
             data_overrides=data_over,
             accelerator=args.accelerator or "auto",
             progress=not args.no_progress,
+            boundary_ratio=args.boundary_ratio,
         )
     except _expected_errors() as err:
         return _fail(err)
     print(
-        f"{m['split']}: mIoU {m['miou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
+        f"{m['split']} ({m['checkpoint_name']} checkpoint): mIoU {m['miou']:.4f}  Boundary IoU "
+        f"{m['boundary_iou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
         f"  ({m['num_images']} images)"
     )
     width = max(len(c) for c in m["classes"])
+    print(f"  {'class':<{width}}  {'IoU':>6}  {'BIoU':>6}")
     for name in m["classes"]:
-        iou = m["iou_per_class"][name]
-        print(f"  {name:<{width}}  {'n/a' if iou != iou else f'{iou:.4f}'}")
+        iou, biou = m["iou_per_class"][name], m["boundary_iou_per_class"][name]
+        cells = ("   n/a" if v != v else f"{v:.4f}" for v in (iou, biou))
+        print(f"  {name:<{width}}  " + "  ".join(cells))
+    print(f"wrote {m['eval_dir']}")
     return 0
 
 
@@ -277,14 +283,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval",
         help="evaluate a run or checkpoint (mIoU, per-class IoU, pixel acc, AR loss)",
-        description="Evaluate a run directory (its best.ckpt) or a checkpoint on a split; writes "
-        "RUN/eval/metrics.json and RUN/eval/per_image_confusion.npy (n_images, C, C).",
+        description="Evaluate a run directory (its best.ckpt, or last.ckpt with --checkpoint "
+        "last) or a checkpoint file on a split; writes metrics.json (mIoU, Boundary IoU, pixel "
+        "acc, AR loss, per class), per_image_confusion.npy (n_images, C, C) and "
+        "per_image_boundary.npy (n_images, 2, C) to RUN/eval/SPLIT (best) or RUN/eval/SPLIT-last.",
     )
     p.add_argument("run", type=Path, help="run directory or .ckpt file")
     p.add_argument(
         "--split", default=None, help="dataset split (default: the config's data.val_split)"
     )
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval)")
+    p.add_argument(
+        "--checkpoint",
+        choices=("best", "last"),
+        default=None,
+        help="checkpoint of a run directory (default: best, else last)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: RUN/eval/SPLIT, RUN/eval/SPLIT-last for the last checkpoint)",
+    )
+    p.add_argument(
+        "--boundary-ratio",
+        type=float,
+        default=None,
+        help="Boundary IoU band width as a fraction of the image diagonal (default 0.02)",
+    )
     p.add_argument(
         "--scales",
         type=float,

@@ -19,7 +19,8 @@ Randomness inside a step (dropout) is reseeded from ``(seed, global_step, rank)`
 
 Validation: mIoU, pixel accuracy, per-class IoU (torchmetrics confusion matrix, synced over
 processes, ignore index dropped) on logits upsampled to the label size, and the AR loss of the
-native-resolution logits averaged over images (``val/ar``).
+native-resolution logits averaged over images (``val/ar``). Testing (``arseg eval``) also keeps
+per-image confusion matrices and Boundary IoU counts (:func:`~arseg.engine.metrics.boundary_counts`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from .inference import model_align_corners, predict_logits, upsample_logits
-from .metrics import SegmentationMetrics, confusion_matrix
+from .metrics import BOUNDARY_RATIO, SegmentationMetrics, boundary_counts, confusion_matrix
 
 __all__ = ["SegmentationModule"]
 
@@ -98,6 +99,8 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index=self.ignore_index)
         self.val_ar = MeanMetric()
         self.test_confusions: list[np.ndarray] = []
+        self.test_boundary: list[np.ndarray] = []  # per batch (B, 2, C) Boundary IoU I and U
+        self.boundary_ratio = BOUNDARY_RATIO  # band width / image diagonal (arseg eval sets it)
         self.test_names: list[int] = []
 
     # ------------------------------------------------------------------ helpers
@@ -272,6 +275,7 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------------ test (arseg eval)
     def on_test_epoch_start(self) -> None:
         self.test_confusions = []
+        self.test_boundary = []
         self.test_results: dict[str, float] = {}
 
     def test_step(self, batch: tuple[Tensor, ...], batch_idx: int) -> None:
@@ -301,6 +305,11 @@ class SegmentationModule(L.LightningModule):
         self.val_metrics.update(pred, target)
         self.test_confusions.append(
             confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu().numpy()
+        )
+        self.test_boundary.append(
+            boundary_counts(
+                pred, target, self.num_classes, self.ignore_index, self.boundary_ratio
+            ).cpu().numpy()
         )
 
     def on_test_epoch_end(self) -> None:

@@ -9,8 +9,17 @@ Run directory (read by :mod:`arseg.analysis`)::
     RUN/checkpoints/best.ckpt         best val/miou
     RUN/checkpoints/last.ckpt         latest (end of epoch, and every N steps if configured)
     RUN/summary.json                  {"best_miou", "final", "steps", "wall_time_s"}
-    RUN/eval/metrics.json             written by evaluate()
-    RUN/eval/per_image_confusion.npy  (n_images, C, C) int64, rows = truth, cols = prediction
+    RUN/eval/<split>/                 evaluate() of checkpoints/best.ckpt on <split>:
+        metrics.json                  mIoU, pixel acc, val AR, Boundary IoU, per class
+        per_image_confusion.npy       (n_images, C, C) int64, rows = truth, cols = prediction
+        per_image_boundary.npy        (n_images, 2, C) int64 Boundary IoU intersections, unions
+    RUN/eval/<split>-last/            the same for checkpoints/last.ckpt (``--checkpoint last``;
+                                      any other checkpoint file X.ckpt: RUN/eval/<split>-X/)
+
+The evaluation folder is named after the checkpoint actually evaluated (a run without
+best.ckpt is evaluated on last.ckpt, into ``<split>-last``). Runs evaluated before results were
+kept per split have ``RUN/eval/metrics.json`` and ``RUN/eval/per_image_confusion.npy`` (best
+checkpoint, the split named in that metrics.json); :mod:`arseg.analysis` still reads them.
 """
 
 from __future__ import annotations
@@ -53,9 +62,10 @@ from .config import (
     validate_config,
 )
 from .datamodule import SeedDataModule, build_eval_dataset
+from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
 
-__all__ = ["RunDirError", "evaluate", "fit", "resolve_run_dir"]
+__all__ = ["RunDirError", "eval_dir_name", "evaluate", "fit", "resolve_run_dir"]
 
 # Messages from Lightning that say nothing useful to arseg users.
 for _pattern in (
@@ -407,26 +417,45 @@ def evaluate(
     ckpt_or_run_dir: str | Path,
     *,
     split: str | None = None,
+    checkpoint: str | None = None,
     out_dir: str | Path | None = None,
     eval_overrides: dict[str, Any] | None = None,
     data_overrides: dict[str, Any] | None = None,
     accelerator: str = "auto",
     progress: bool = True,
+    boundary_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint (or a run's best) on a split; writes metrics.json and confusions.
+    """Evaluate a checkpoint (or a run's best or last) on a split; writes metrics.json and the
+    per-image confusions and Boundary IoU counts (layout: the module docstring).
 
     Args:
         ckpt_or_run_dir: a run directory or a ``.ckpt`` file.
         split: dataset split (default: the config's ``data.val_split``).
-        out_dir: where to write; default ``RUN/eval`` (RUN = the run directory, or the run that
-            holds the checkpoint).
+        checkpoint: for a run directory, ``"best"`` (default; last.ckpt when the run has no
+            best.ckpt) or ``"last"``.
+        out_dir: where to write; default ``RUN/eval/<split>`` for the best checkpoint and
+            ``RUN/eval/<split>-<name>`` for another one (RUN = the run directory, or the run
+            that holds the checkpoint).
         eval_overrides: replaces keys of the config's ``eval`` section (scales, flip, mode, ...).
         data_overrides: replaces keys of the config's ``data`` section (root, eval_resize, ...).
+        boundary_ratio: Boundary IoU band width as a fraction of the image diagonal (0.02).
 
     Returns:
-        The metrics dict written to ``metrics.json``.
+        The metrics dict written to ``metrics.json``, and ``eval_dir``: the folder written.
     """
-    path = find_checkpoint(ckpt_or_run_dir)
+    if checkpoint not in (None, "best", "last"):
+        raise ValueError(f"checkpoint must be 'best' or 'last', got {checkpoint!r}")
+    if checkpoint is not None and not Path(ckpt_or_run_dir).is_dir():
+        raise ValueError(
+            f"--checkpoint {checkpoint} chooses a checkpoint of a run directory, but "
+            f"{ckpt_or_run_dir} is not a directory"
+        )
+    if checkpoint == "last":
+        path = Path(ckpt_or_run_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoints/last.ckpt in run directory {ckpt_or_run_dir}")
+    else:
+        path = find_checkpoint(ckpt_or_run_dir)
     ckpt = load_checkpoint(path)
     cfg = ckpt.get("arseg_config")
     if cfg is None:
@@ -446,9 +475,20 @@ def evaluate(
             data_overrides=data_overrides,
             accelerator=accelerator,
             progress=progress,
+            boundary_ratio=BOUNDARY_RATIO if boundary_ratio is None else float(boundary_ratio),
         )
     finally:
         torch.set_num_threads(threads)
+
+
+def eval_dir_name(split: str, checkpoint: str = "best") -> str:
+    """Folder under ``RUN/eval`` of an evaluation: ``<split>`` for best, ``<split>-<name>`` else.
+
+    Example:
+        >>> eval_dir_name("val"), eval_dir_name("test", "last")
+        ('val', 'test-last')
+    """
+    return split if checkpoint == "best" else f"{split}-{checkpoint}"
 
 
 def _validate_eval_options(cfg: dict[str, Any]) -> None:
@@ -475,15 +515,19 @@ def _evaluate(
     data_overrides: dict[str, Any] | None,
     accelerator: str,
     progress: bool,
+    boundary_ratio: float,
 ) -> dict[str, Any]:
     overrides = {"eval": eval_overrides or {}, "data": data_overrides or {}}
     cfg = merge_config(complete_config(cfg), overrides, source="the evaluation options")
     _validate_eval_options(cfg)
+    if not (math.isfinite(boundary_ratio) and boundary_ratio > 0):
+        raise ValueError(f"the boundary ratio must be a positive number, got {boundary_ratio}")
+    split = split or cfg["data"]["val_split"]
     if out_dir is None:
         base = Path(ckpt_or_run_dir)
         if not base.is_dir():
             base = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        out_dir = base / "eval"
+        out_dir = base / "eval" / eval_dir_name(split, path.stem)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -495,11 +539,12 @@ def _evaluate(
     dataset = build_eval_dataset(cfg, split=split)
     if int(dataset.num_classes) != int(cfg["model"]["num_classes"]):
         raise ValueError(
-            f"{path} predicts {cfg['model']['num_classes']} classes but the {split or 'val'} split of "
+            f"{path} predicts {cfg['model']['num_classes']} classes but the {split} split of "
             f"'{cfg['data']['name']}' has {dataset.num_classes}"
         )
     module = SegmentationModule(cfg, class_names=tuple(dataset.classes))
     load_weights(module.model, model_state_dict(ckpt), path)
+    module.boundary_ratio = boundary_ratio
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg["data"]["val_batch_size"],
@@ -522,20 +567,31 @@ def _evaluate(
         if module.test_confusions
         else np.zeros((0, module.num_classes, module.num_classes), dtype=np.int64)
     )
+    boundary = (
+        np.concatenate(module.test_boundary).astype(np.int64)
+        if module.test_boundary
+        else np.zeros((0, 2, module.num_classes), dtype=np.int64)
+    )
+    b_scores = boundary_iou_from_counts(torch.from_numpy(boundary))
     metrics = {
         "miou": res["test/miou"],
         "pixel_acc": res["test/pixel_acc"],
         "val_ar": res["test/ar"],
+        "boundary_iou": float(b_scores["boundary_iou"]),
         "iou_per_class": {name: res[f"test/iou/{name}"] for name in module.class_names},
+        "boundary_iou_per_class": dict(zip(module.class_names, b_scores["iou"].tolist())),
+        "boundary_ratio": boundary_ratio,
         "classes": list(module.class_names),
         "num_images": int(confusions.shape[0]),
-        "split": split or cfg["data"]["val_split"],
+        "split": split,
         "checkpoint": str(path),
+        "checkpoint_name": path.stem,
         "eval": cfg["eval"],
         "sample_names": [dataset.sample_name(i) for i in range(len(dataset))]
         if hasattr(dataset, "sample_name")
         else None,
     }
     np.save(out_dir / "per_image_confusion.npy", confusions)
+    np.save(out_dir / "per_image_boundary.npy", boundary)
     (out_dir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2))
-    return metrics
+    return {**metrics, "eval_dir": str(out_dir)}
