@@ -206,7 +206,7 @@ def test_checkpoint_config_mismatch_is_a_clear_error(tmp_path, tiny_config, trai
     bogus = tmp_path / "bogus.ckpt"
     bogus.write_bytes(b"not a checkpoint")
     assert _finetune(cfg, bogus, tmp_path / "d") == 2
-    assert "weights_only=True" in capsys.readouterr().err
+    assert "bogus.ckpt is not an arseg checkpoint" in capsys.readouterr().err
     # nothing was written into the failed run directories: a retry starts cleanly
     for name in "abcd":
         assert not (tmp_path / name).exists() or not any((tmp_path / name).iterdir())
@@ -342,3 +342,106 @@ def test_eval_reads_a_checkpoint_written_before_newer_config_keys(tmp_path, trai
     torch.save(ckpt, old)
     assert main(["eval", str(old), "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
     assert "mIoU" in capsys.readouterr().out
+
+
+def test_a_failed_start_does_not_block_the_retry(tmp_path, tiny_config, capsys):
+    cfg = str(tiny_config())
+    run = tmp_path / "run"
+    capsys.readouterr()
+    # trainer settings are checked before the run directory is touched
+    assert main(["fit", cfg, "--run-dir", str(run), "--precision", "17"]) == 2
+    err = capsys.readouterr().err
+    assert "precision='17'" in err and "Allowed precision values" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main(["fit", cfg, "--run-dir", str(run), "--devices", "two"]) == 2
+    assert "--devices expects" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["fit", cfg, "--run-dir", str(run), "--accelerator", "gpu"]) == 2
+        assert "no CUDA GPU is available" in capsys.readouterr().err
+    assert not run.exists()
+
+    # --resume of a run that never saved a checkpoint says what to do
+    assert main(["fit", cfg, "--run-dir", str(run), "--resume"]) == 2
+    assert "does not exist: start the run without --resume" in capsys.readouterr().err
+    # what a start that died before its first checkpoint leaves (e.g. a full disk)
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("stale: true\n")
+    (run / "metrics.csv").write_text("epoch,step\n")
+    assert main(["fit", cfg, "--run-dir", str(run), "--resume"]) == 2
+    assert "start it again without --resume" in capsys.readouterr().err
+    # ... is reused without --overwrite
+    args = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    assert main(["fit", cfg, "--run-dir", str(run), *args]) == 0
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert "stale" not in (run / "config.yaml").read_text()
+    # a directory with other people's files is still refused
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["fit", cfg, "--run-dir", str(other)]) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+
+
+def test_resume_with_changed_settings_is_refused_unless_allowed(
+    tmp_path, tiny_config, trained_run, capsys
+):
+    cfg = str(tiny_config())
+    same = ["trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    args = ["fit", cfg, "--run-dir", str(trained_run), "--resume", *same]
+    config_text = (trained_run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*args, "optim.lr=0.5", "--max-epochs", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "the settings differ" in err and "--allow-changes" in err
+    assert "optim.lr: 0.01 -> 0.5" in err and "trainer.max_epochs: 1 -> 2" in err
+    assert (trained_run / "config.yaml").read_text() == config_text
+    # settings that do not change the computation need no flag (a finished run: nothing to do)
+    assert main([*args, "data.num_workers=1", "--no-progress"]) == 0
+    # with the flag: continues with the new settings, recorded in config.yaml
+    assert main([*args, "--max-epochs", "2", "--allow-changes"]) == 0
+    assert (
+        torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    )
+    assert "max_epochs: 2" in (trained_run / "config.yaml").read_text()
+    assert main(["fit", cfg, "--run-dir", str(tmp_path / "x"), "--allow-changes"]) == 2
+    assert "--allow-changes goes with --resume" in capsys.readouterr().err
+
+
+def test_files_that_are_not_checkpoints_are_one_line_errors(tmp_path, trained_run, capsys):
+    import pathlib
+
+    good = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    files = {
+        "empty": b"",
+        "text": b"hello",
+        "truncated": good[: len(good) // 2],
+    }
+    torch.save({"state_dict": {}, "path": pathlib.Path("/")}, tmp_path / "foreign.ckpt")
+    for name, data in files.items():
+        (tmp_path / f"{name}.ckpt").write_bytes(data)
+    capsys.readouterr()
+    for name in (*files, "foreign"):
+        path = tmp_path / f"{name}.ckpt"
+        assert main(["eval", str(path), "--out", str(tmp_path / "e"), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"{path} is not" in err and "arseg checkpoint" in err, err
+        assert "weights_only" not in err, err  # never torch's advice to load it unsafely
+
+
+@pytest.mark.parametrize("flag", [[], ["--no-progress"]])
+def test_fit_prints_a_line_per_epoch_and_no_lightning_noise(tmp_path, tiny_config, capfd, flag):
+    """Outside a terminal (and with --no-progress): no progress bar, one line per epoch."""
+    args = ["trainer.max_epochs=2", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1"]
+    capfd.readouterr()
+    assert main(["fit", str(tiny_config()), "--run-dir", str(tmp_path / "r"), *args, *flag]) == 0
+    out, err = capfd.readouterr()
+    lines = out.splitlines()
+    assert [line.split("  ")[0] for line in lines if line.startswith("epoch")] == [
+        "epoch 1/2",
+        "epoch 2/2",
+    ]
+    assert any("val mIoU" in line for line in lines)
+    assert "\r" not in out + err
+    for noise in ("GPU available", "TPU available", "litlogger", "LOCAL_RANK"):
+        assert noise not in out + err, noise

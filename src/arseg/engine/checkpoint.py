@@ -8,6 +8,7 @@ An arseg checkpoint is a Lightning checkpoint (``state_dict`` keys prefixed ``mo
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -77,21 +78,48 @@ def find_checkpoint(ckpt_or_run_dir: str | Path) -> Path:
     return path
 
 
+def _not_a_checkpoint(path: Path) -> str | None:
+    """Why ``path`` cannot be a checkpoint from its first bytes, or None when it may be one.
+
+    ``torch.save`` writes a zip archive (``PK\\x03\\x04``), older torch a pickle (``\\x80``).
+    """
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty (0 bytes)"
+    if head != b"PK\x03\x04" and head[:1] != b"\x80":
+        return "the file was not written by torch.save"
+    return None
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """``torch.load(path, weights_only=True)`` with a clear error for files that are not checkpoints."""
+    """``torch.load(path, weights_only=True)``; a file that is not an arseg checkpoint (empty,
+    foreign, truncated, holding code objects) is a one-line :class:`CheckpointMismatchError`.
+
+    Never advises ``weights_only=False`` (torch's message does): that runs code from the file.
+    """
     path = Path(path)
+    if path.is_file():
+        reason = _not_a_checkpoint(path)
+        if reason is not None:
+            raise CheckpointMismatchError(f"{path} is not an arseg checkpoint: {reason}")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise
-    except Exception as err:  # pickle errors, truncated files, foreign objects
+    except pickle.UnpicklingError as err:  # objects a weights-only load refuses
         raise CheckpointMismatchError(
-            f"cannot load checkpoint {path} with weights_only=True: {err}"
+            f"{path} is not an arseg checkpoint: it holds Python objects other than tensors and "
+            "plain values (not loaded: unpickling them could run code from the file)"
+        ) from err
+    except Exception as err:  # truncated archives, corrupt records
+        text = str(err).strip()
+        first = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        raise CheckpointMismatchError(
+            f"{path} is not a readable arseg checkpoint (truncated or corrupt?): {first}"
         ) from err
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise CheckpointMismatchError(
-            f"{path} is not a Lightning/arseg checkpoint (no 'state_dict')"
-        )
+        raise CheckpointMismatchError(f"{path} is not an arseg checkpoint (no 'state_dict')")
     return ckpt
 
 

@@ -1,8 +1,10 @@
-"""``arseg fit | finetune | eval | predict | demo``: the engine's sub-commands."""
+"""``arseg fit | finetune | eval | predict | demo | config``: the engine's sub-commands."""
 
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -60,7 +62,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace the checkpoints and logs of an existing run directory",
+        help="replace the checkpoints and logs of an existing run directory (one without any "
+        "checkpoint, a start that failed, is reused without it)",
+    )
+    p.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: continue although the settings differ from the run's (they are "
+        "listed; without this flag such a resume is refused)",
     )
     p.add_argument(
         "--devices",
@@ -79,15 +88,27 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-epochs", type=int, default=None, help="shortcut for trainer.max_epochs")
     p.add_argument("--max-steps", type=int, default=None, help="shortcut for trainer.max_steps")
     p.add_argument("--seed", type=int, default=None, help="shortcut for seed")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar, a line per epoch instead (the default when stdout is not a "
+        "terminal)",
+    )
 
 
 def _parse_devices(value: str) -> Any:
     if value == "auto":
         return value
-    if "," in value:
-        return [int(v) for v in value.split(",") if v]
-    return int(value)
+    try:
+        if "," in value:
+            return [int(v) for v in value.split(",") if v]
+        return int(value)
+    except ValueError:
+        from .config import ConfigError
+
+        raise ConfigError(
+            f"--devices expects a number of devices, 'auto' or device ids like 0,1; got {value!r}"
+        ) from None
 
 
 def _config_from_args(
@@ -123,18 +144,36 @@ def _config_from_args(
     return validate_config(merge_config(cfg, cli, source="command-line options"))
 
 
+# torch re-raises an error of a DataLoader worker with the worker's whole traceback inside the
+# message: "Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback ...".
+_WORKER_ERROR = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback")
+
+
+def _one_line(err: Exception) -> str:
+    """The message of ``err`` without a loader worker's traceback (its last line: the error)."""
+    text = str(err)
+    if _WORKER_ERROR.match(text):
+        lines = text.rstrip().splitlines()
+        # the error message follows the last indented line (a frame) of the traceback
+        tail = [i for i, line in enumerate(lines) if line.startswith(" ")]
+        message = " ".join(lines[tail[-1] + 1 :] if tail else lines[-1:]).strip()
+        text = re.sub(r"^[\w.]+: ", "", message, count=1) + " (in a data loader worker)"
+    return text
+
+
 def _fail(err: Exception) -> int:
-    print(f"arseg: error: {err}", file=sys.stderr)
+    print(f"arseg: error: {_one_line(err)}", file=sys.stderr)
     return 2
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
     from .checkpoint import CheckpointMismatchError
     from .config import ConfigError
-    from .train import RunDirError
+    from .train import MisconfigurationException, RunDirError
 
     # ValueError / TypeError cover the input checks of the datasets (DatasetError), models and
     # losses: their messages say what was expected and what came, so no traceback is shown.
+    # MisconfigurationException: Lightning's refusal of trainer settings (e.g. a GPU it lacks).
     return (
         ConfigError,
         CheckpointMismatchError,
@@ -142,18 +181,40 @@ def _expected_errors() -> tuple[type[Exception], ...]:
         FileNotFoundError,
         ValueError,
         TypeError,
+        MisconfigurationException,
     )
 
 
-def _cmd_fit(args: argparse.Namespace) -> int:
-    from .train import fit
+def _resume_command(args: argparse.Namespace, run_dir: str) -> str:
+    """The command line that continues an interrupted run: this one, with --resume."""
+    argv = [a for a in getattr(args, "argv", None) or [] if a not in ("--overwrite", "--resume")]
+    if not argv:
+        argv = [args.command, str(args.config)]
+    if "--run-dir" not in argv and not any(a.startswith("--run-dir=") for a in argv):
+        argv += ["--run-dir", run_dir]
+    return shlex.join(["arseg", *argv, "--resume"])
 
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .train import TrainingInterrupted, fit
+
+    if args.allow_changes and not args.resume:
+        return _fail(ValueError("--allow-changes goes with --resume"))
     try:
         extra = {"init_from": str(args.init_from)} if getattr(args, "init_from", None) else None
         cfg = _config_from_args(args, extra)
         if args.command == "finetune" and not cfg["init_from"]:
             raise FileNotFoundError("finetune needs --init-from CKPT (or init_from in the config)")
-        summary = fit(cfg, resume=args.resume, overwrite=args.overwrite)
+        summary = fit(
+            cfg, resume=args.resume, overwrite=args.overwrite, allow_changes=args.allow_changes
+        )
+    except TrainingInterrupted as stop:
+        print(
+            f"arseg: {stop.signal_name}: stopped at step {stop.step}, checkpoint saved to "
+            f"{stop.checkpoint}; continue with: {_resume_command(args, str(stop.run_dir))}",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     except _expected_errors() as err:
         return _fail(err)
     from lightning.pytorch.utilities import rank_zero_only
@@ -220,8 +281,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_paths
+    from .train import check_accelerator
 
     try:
+        check_accelerator(args.accelerator or "cpu")  # gpu without one: an error, no fallback
         written = predict_paths(
             args.checkpoint,
             args.inputs,
@@ -252,8 +315,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .config import DEFAULTS, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
+    except _expected_errors() as err:
+        return _fail(err)
+    if cfg is None:
+        print("# every config key with its default (arseg.engine.config.DEFAULTS); the 'options'")
+        print("# mappings take free keyword arguments of build_model / build_dataset")
+    else:
+        print(
+            f"# {args.config or 'the defaults'} resolved"
+            + (" with overrides" * bool(args.overrides))
+        )
+    print(yaml.safe_dump(cfg if cfg is not None else DEFAULTS, sort_keys=False), end="")
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fit``, ``finetune``, ``eval``, ``predict`` and ``demo`` to the ``arseg`` parser."""
+    """Add ``fit``, ``finetune``, ``eval``, ``predict``, ``demo`` and ``config`` to the parser."""
     p = _add_parser(
         subparsers,
         "fit",
@@ -378,3 +462,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="replace run directories under --out that an earlier demo did not write",
     )
     p.set_defaults(func=_cmd_demo)
+
+    p = subparsers.add_parser(
+        "config",
+        help="list the config keys and their defaults, or a config's resolved values",
+        description="Inspect experiment configs.",
+    )
+    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+    sub = p.add_subparsers(dest="config_command", metavar="CONFIG_COMMAND")
+    show = _add_parser(
+        sub,
+        "show",
+        help="print every config key with its default, or CONFIG resolved (_base_ + overrides)",
+        description="Without CONFIG: every valid config key and its default. With CONFIG (and "
+        "KEY=VALUE overrides): the config as a run would use it, after _base_ inheritance.",
+    )
+    show.add_argument("config", type=Path, nargs="?", default=None, help="experiment YAML")
+    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    show.set_defaults(func=_cmd_config_show)

@@ -8,7 +8,8 @@ Run directory (read by :mod:`arseg.analysis`)::
     RUN/tensorboard/                  TensorBoard events (when tensorboard is installed)
     RUN/checkpoints/best.ckpt         best val/miou
     RUN/checkpoints/last.ckpt         latest (end of epoch, and every N steps if configured)
-    RUN/summary.json                  {"best_miou", "final", "steps", "wall_time_s"}
+    RUN/summary.json                  {"best_miou", "final", "steps", "wall_time_s"}: the best
+                                      val/miou (that of best.ckpt) and the last validation
     RUN/eval/<split>/                 evaluate() of checkpoints/best.ckpt on <split>:
         metrics.json                  mIoU, pixel acc, val AR, Boundary IoU, per class
         per_image_confusion.npy       (n_images, C, C) int64, rows = truth, cols = prediction
@@ -28,9 +29,13 @@ import copy
 import csv
 import importlib.util
 import json
+import logging
 import math
 import os
 import shutil
+import signal
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -40,10 +45,11 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from .checkpoint import (
     AtomicCheckpointIO,
@@ -65,7 +71,16 @@ from .datamodule import SeedDataModule, build_eval_dataset
 from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
 
-__all__ = ["RunDirError", "eval_dir_name", "evaluate", "fit", "resolve_run_dir"]
+__all__ = [
+    "RunDirError",
+    "TrainingInterrupted",
+    "check_accelerator",
+    "config_differences",
+    "eval_dir_name",
+    "evaluate",
+    "fit",
+    "resolve_run_dir",
+]
 
 # Messages from Lightning that say nothing useful to arseg users.
 for _pattern in (
@@ -81,9 +96,49 @@ for _pattern in (
 ):
     warnings.filterwarnings("ignore", message=_pattern)
 
+# Lightning's info lines ("GPU available: False, used: False", "TPU available ...", the
+# litlogger tip, "Restoring states ...") on every run: arseg prints its own progress lines.
+for _name in ("lightning.pytorch", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
 
 class RunDirError(OSError):
     """The run directory cannot be used (exists, not writable, disk full)."""
+
+
+class TrainingInterrupted(Exception):
+    """``fit`` stopped on SIGTERM / SIGINT after saving a resumable ``last.ckpt``.
+
+    Attributes: ``signal_name`` ("SIGTERM"), ``step`` (global step saved), ``checkpoint`` (path),
+    ``run_dir``, ``exit_code`` (128 + the signal number, the shell's convention).
+    """
+
+    def __init__(self, signal_name: str, signum: int, step: int, checkpoint: Path) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        self.run_dir = checkpoint.parent.parent
+        self.exit_code = 128 + signum
+        super().__init__(
+            f"{signal_name} received: stopped at step {step}, resumable checkpoint {checkpoint}"
+        )
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Raise :class:`ConfigError` when ``accelerator`` names a device this machine lacks.
+
+    Lightning would raise its own multi-line exception, and ``predict`` used to fall back to the
+    CPU silently.
+    """
+    name = str(accelerator).lower()
+    if name in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"--accelerator {accelerator}: no CUDA GPU is available on this machine "
+            "(torch.cuda.is_available() is False); use --accelerator cpu (or auto)"
+        )
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            "--accelerator mps: Apple's MPS backend is not available on this machine; "
+            "use --accelerator cpu (or auto)"
+        )
 
 
 def resolve_run_dir(cfg: dict[str, Any]) -> Path:
@@ -111,6 +166,33 @@ def _check_writable(run_dir: Path, need_bytes: int) -> None:
         )
 
 
+# What arseg writes into a run directory (cleared by --overwrite, or when a start that failed
+# before its first checkpoint is retried).
+_RUN_FILES = (
+    "checkpoints",
+    "eval",
+    "tensorboard",
+    "metrics.csv",
+    "summary.json",
+    "config.yaml",
+    "hparams.yaml",
+    "predictions",
+    "provenance.json",
+    ".write_test",
+)
+
+
+def _checkpoints_in(run_dir: Path) -> list[Path]:
+    ckpt_dir = run_dir / "checkpoints"
+    return sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
+
+
+def _is_failed_start(run_dir: Path) -> bool:
+    """Only arseg's own files and no checkpoint: a start that failed (or was killed) before its
+    first checkpoint, which a retry may reuse without --overwrite."""
+    return not _checkpoints_in(run_dir) and all(p.name in _RUN_FILES for p in run_dir.iterdir())
+
+
 def _prepare_run_dir(
     run_dir: Path, *, resume: bool, overwrite: bool, need_bytes: int
 ) -> Path | None:
@@ -120,25 +202,29 @@ def _prepare_run_dir(
         return last if resume else None
     if resume:
         if not last.is_file():
-            raise RunDirError(f"--resume: no checkpoint to resume from at {last}")
+            if not run_dir.is_dir():
+                hint = f"run directory {run_dir} does not exist: start the run without --resume"
+            elif _checkpoints_in(run_dir):
+                found = ", ".join(p.name for p in _checkpoints_in(run_dir))
+                hint = (
+                    f"{run_dir} has {found} but no last.ckpt: evaluate or fine-tune from it, or "
+                    "start again with --overwrite"
+                )
+            else:
+                hint = (
+                    f"{run_dir} holds none (the run stopped before saving one): start it again "
+                    "without --resume (the directory is reused)"
+                )
+            raise RunDirError(f"--resume: no checkpoint to resume from at {last}; {hint}")
         _check_writable(run_dir, need_bytes)
         return last
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
+        if not overwrite and not _is_failed_start(run_dir):
             raise RunDirError(
                 f"run directory {run_dir} already exists and is not empty: pass --resume to continue "
                 "it, --overwrite to replace it, or choose another --run-dir"
             )
-        for name in (
-            "checkpoints",
-            "eval",
-            "tensorboard",
-            "metrics.csv",
-            "summary.json",
-            "config.yaml",
-            "hparams.yaml",
-            "predictions",
-        ):
+        for name in _RUN_FILES:
             target = run_dir / name
             if target.is_dir():
                 shutil.rmtree(target)
@@ -146,6 +232,146 @@ def _prepare_run_dir(
                 target.unlink()
     _check_writable(run_dir, need_bytes)
     return None
+
+
+class _BestCheckpoint(Checkpoint):
+    """``checkpoints/best.ckpt``: the weights of the validation with the highest ``val/miou``.
+
+    The best score (with its step) and the last validation's metrics are this callback's state,
+    stored in every checkpoint Lightning writes: best.ckpt, last.ckpt and summary.json always
+    agree, a resumed run compares against the true best (never replacing best.ckpt with a worse
+    epoch), and a resume of a finished run reports the same best and final metrics. (Lightning's
+    ``ModelCheckpoint`` kept a score one validation old in last.ckpt, and dropped it when the run
+    directory moved.) A ``Checkpoint``, so that Lightning adds no checkpoint callback of its own.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.last_val: dict[str, float] = {}
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        self.last_val = metrics
+        score = metrics.get("val/miou")
+        if score is None or math.isnan(score) or (self.best is not None and score <= self.best):
+            return
+        self.best, self.best_step = score, int(trainer.global_step)
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best_miou": self.best, "best_step": self.best_step, "last_val": self.last_val}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_step = state.get("best_miou"), state.get("best_step")
+        self.last_val = dict(state.get("last_val") or {})
+
+    def on_load_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # A run written before this callback: its best score is the ModelCheckpoint's.
+        for key, state in checkpoint.get("callbacks", {}).items():
+            if key.startswith("ModelCheckpoint{'monitor': 'val/miou'") and self.best is None:
+                score = state.get("best_model_score")
+                self.best = float(score) if score is not None else None
+
+
+class _StopOnSignal(L.Callback):
+    """SIGTERM or SIGINT: finish the current step, save a resumable ``last.ckpt``, stop.
+
+    Lightning 2.6 also catches SIGTERM (``trainer.received_sigterm``) but then exits without a
+    checkpoint (and with status 0), and it stops mid-validation; SIGINT (Ctrl-C) ends in its
+    KeyboardInterrupt path, also without one. This handler replaces both once training starts.
+    The checkpoint is taken at ``on_train_batch_end``, the same point as the every-N-steps
+    checkpoints that resume exactly. A second Ctrl-C stops at once.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous.setdefault(signum, signal.getsignal(signum))
+            signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked loader worker (Ctrl-C reaches the whole process group)
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # asked twice: stop now
+        if self.received is None:
+            print(
+                f"{signal.Signals(signum).name} received: saving a checkpoint after this step",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.received = signum
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.install()  # after Lightning's own SIGTERM handler (set up after on_fit_start)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        received = self.received is not None
+        if trainer.world_size > 1:  # every process stops at the same step
+            received = trainer.strategy.reduce_boolean_decision(received, all=False)
+        if not received:
+            return
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+        signum = self.received or signal.SIGTERM
+        raise TrainingInterrupted(
+            signal.Signals(signum).name, int(signum), int(trainer.global_step), self.path
+        )
+
+
+class _ProgressLines(L.Callback):
+    """One short line per epoch (and one per ``every_s`` seconds inside a long epoch) on rank 0:
+    the progress report where a progress bar would fill a log file with carriage returns."""
+
+    def __init__(self, every_s: float = 60.0) -> None:
+        self.every_s = every_s
+        self._start = self._last = 0.0
+
+    def _print(self, trainer: L.Trainer, what: str) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = trainer.callback_metrics
+        parts = [what, f"step {trainer.global_step}"]
+        if trainer.max_steps and trainer.max_steps > 0:
+            parts[-1] += f"/{trainer.max_steps}"
+        for key, label in (("train/loss", "loss"), ("val/miou", "val mIoU")):
+            if key in metrics:
+                parts.append(f"{label} {float(metrics[key]):.4f}")
+        parts.append(f"{time.time() - self._start:.0f} s")
+        print("  ".join(parts), flush=True)
+        self._last = time.time()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = time.time()
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if time.time() - self._last >= self.every_s:
+            self._print(trainer, f"epoch {trainer.current_epoch + 1} (in progress)")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        self._print(trainer, f"epoch {trainer.current_epoch + 1}{total}")
 
 
 class _SaveLastEachEpoch(L.Callback):
@@ -282,28 +508,136 @@ def fit(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    allow_changes: bool = False,
     callbacks: list[Any] | None = None,
 ) -> dict[str, Any]:
     """Train (or fine-tune, with ``cfg['init_from']``, or resume) the run of ``cfg``.
 
+    Args:
+        resume: continue ``RUN/checkpoints/last.ckpt`` exactly; refused when ``cfg`` differs
+            from the run's settings (:func:`config_differences`) unless ``allow_changes``.
+        overwrite: replace an existing run directory (one that holds no checkpoint, a start
+            that failed, is reused without it).
+
     Returns the summary written to ``RUN/summary.json``.
+
+    Raises:
+        TrainingInterrupted: SIGTERM or SIGINT arrived; a resumable last.ckpt was saved.
     """
     threads = torch.get_num_threads()
     try:
         if cfg["trainer"]["num_threads"]:
             torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
-        return _fit(copy.deepcopy(cfg), resume=resume, overwrite=overwrite, callbacks=callbacks)
+        return _fit(
+            copy.deepcopy(cfg),
+            resume=resume,
+            overwrite=overwrite,
+            allow_changes=allow_changes,
+            callbacks=callbacks,
+        )
     finally:
         torch.set_num_threads(threads)
 
 
+# Settings a resume may change without --allow-changes: where things are, how fast they load,
+# how progress is shown; none changes what is computed.
+_RESUME_FREE_KEYS = {
+    "name",
+    "run_dir",
+    "init_from",
+    "data.root",
+    "data.num_workers",
+    "trainer.enable_progress_bar",
+    "trainer.num_threads",
+}
+
+
+def config_differences(
+    stored: dict[str, Any], cfg: dict[str, Any], ignore: set[str] = _RESUME_FREE_KEYS
+) -> list[str]:
+    """``["optim.lr: 0.01 -> 0.02", ...]``: the dotted keys whose values differ (sorted)."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if prefix in ignore:
+            return
+        if isinstance(a, dict) and isinstance(b, dict) and not prefix.endswith("options"):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        elif a != b:
+            out.append(f"{prefix}: {a!r} -> {b!r}")
+
+    walk(stored, cfg, "")
+    return out
+
+
+def _trainer_error(tcfg: dict[str, Any], err: Exception) -> ConfigError:
+    """Lightning's error for bad trainer settings, in one line naming the settings."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    settings = ", ".join(
+        f"{k}={tcfg[k]!r}" for k in ("accelerator", "devices", "num_nodes", "strategy", "precision")
+    )
+    return ConfigError(f"the trainer settings ({settings}) are not usable here: {first}")
+
+
 def _fit(
-    cfg: dict[str, Any], *, resume: bool, overwrite: bool, callbacks: list[Any] | None
+    cfg: dict[str, Any],
+    *,
+    resume: bool,
+    overwrite: bool,
+    allow_changes: bool,
+    callbacks: list[Any] | None,
 ) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     cfg["run_dir"] = str(run_dir)
+    root = cfg["data"]["root"]
+    if root is not None and not Path(root).is_absolute():
+        # stored absolute: eval, affinity and report of the run work from any directory
+        cfg["data"]["root"] = str(Path(root).resolve())
     start = time.time()
     L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+
+    # The trainer settings (accelerator, devices, precision, strategy) are checked first, by
+    # building the Trainer, before any data, model or file: a failed start leaves nothing.
+    tcfg = cfg["trainer"]
+    check_accelerator(tcfg["accelerator"])
+    ckpt_dir = run_dir / "checkpoints"
+    best_cb = _BestCheckpoint(ckpt_dir / "best.ckpt")
+    stop_cb = _StopOnSignal(ckpt_dir / "last.ckpt")
+    show_bar = bool(tcfg["enable_progress_bar"]) and sys.stdout.isatty()
+    all_callbacks: list[Any] = [best_cb, _SaveLastEachEpoch(ckpt_dir / "last.ckpt"), stop_cb]
+    if not show_bar:
+        all_callbacks.append(_ProgressLines())
+    if tcfg["checkpoint_every_n_steps"]:
+        all_callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(ckpt_dir),
+                filename="last",
+                save_top_k=0,
+                save_last=True,
+                every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
+                enable_version_counter=False,
+            )
+        )
+    all_callbacks.extend(callbacks or [])
+    # SyncBatchNorm under multi-GPU DDP (torch supports it on CUDA only; CPU/gloo DDP keeps
+    # per-process BatchNorm statistics).
+    accel = str(tcfg["accelerator"])
+    on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
+    distributed = _num_processes(tcfg) > 1 and on_gpu
+    try:
+        trainer = L.Trainer(
+            default_root_dir=str(run_dir),
+            logger=_loggers(run_dir),
+            callbacks=all_callbacks,
+            plugins=[AtomicCheckpointIO()],
+            use_distributed_sampler=False,
+            sync_batchnorm=distributed,
+            enable_model_summary=False,
+            **{**_trainer_kwargs(tcfg), "enable_progress_bar": show_bar},
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError, RuntimeError) as err:
+        raise _trainer_error(tcfg, err) from err
 
     datamodule = SeedDataModule(cfg)
     datamodule.setup("fit")
@@ -329,10 +663,17 @@ def _fit(
             )
         init_ckpt = load_checkpoint(init)
         check_compatible(cfg, init_ckpt, num_classes, init)
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = ckpt_dir / "last.ckpt"
     if resume and rank_zero_only.rank == 0 and last.is_file():
         resume_ckpt = load_checkpoint(last)
         check_compatible(cfg, resume_ckpt, num_classes, last)
+        changed = config_differences(complete_config(resume_ckpt["arseg_config"]), cfg)
+        if changed and not allow_changes:
+            raise ConfigError(
+                f"--resume: the settings differ from those of the run ({last}): "
+                f"{'; '.join(changed)}. Resume with the run's settings (its config.yaml), or "
+                "pass --allow-changes to continue with the new ones"
+            )
     ckpt_path = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, need_bytes=need)
 
     if init_ckpt is not None:
@@ -342,54 +683,15 @@ def _fit(
         if resume_ckpt is not None:
             _truncate_metrics(run_dir, resume_ckpt)
 
-    tcfg = cfg["trainer"]
-    ckpt_dir = run_dir / "checkpoints"
-    all_callbacks: list[Any] = [
-        ModelCheckpoint(
-            dirpath=str(ckpt_dir),
-            filename="best",
-            monitor="val/miou",
-            mode="max",
-            save_top_k=1,
-            auto_insert_metric_name=False,
-            enable_version_counter=False,
-        ),
-        _SaveLastEachEpoch(ckpt_dir / "last.ckpt"),
-    ]
-    if tcfg["checkpoint_every_n_steps"]:
-        all_callbacks.append(
-            ModelCheckpoint(
-                dirpath=str(ckpt_dir),
-                filename="last",
-                save_top_k=0,
-                save_last=True,
-                every_n_train_steps=int(tcfg["checkpoint_every_n_steps"]),
-                enable_version_counter=False,
-            )
-        )
-    all_callbacks.extend(callbacks or [])
-    # SyncBatchNorm under multi-GPU DDP (torch supports it on CUDA only; CPU/gloo DDP keeps
-    # per-process BatchNorm statistics).
-    accel = str(tcfg["accelerator"])
-    on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
-    distributed = _num_processes(tcfg) > 1 and on_gpu
-    trainer = L.Trainer(
-        default_root_dir=str(run_dir),
-        logger=_loggers(run_dir),
-        callbacks=all_callbacks,
-        plugins=[AtomicCheckpointIO()],
-        use_distributed_sampler=False,
-        sync_batchnorm=distributed,
-        enable_model_summary=False,
-        **_trainer_kwargs(tcfg),
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    stop_cb.install()  # from here on; Lightning's own SIGTERM handler is replaced at train start
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    finally:
+        stop_cb.restore()
 
-    best = all_callbacks[0].best_model_score
-    final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     summary = {
-        "best_miou": float(best) if best is not None else None,
-        "final": final,
+        "best_miou": best_cb.best,
+        "final": dict(best_cb.last_val),
         "steps": int(trainer.global_step),
         "wall_time_s": round(time.time() - start, 3),
     }
