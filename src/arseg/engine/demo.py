@@ -6,9 +6,12 @@
 4. Evaluation of the three (mIoU, pixel accuracy, val AR loss), a printed table, and prediction
    PNGs of a few validation scenes.
 
-Everything lands under ``runs/demo/`` (one run directory per stage, ``predictions/`` with inputs, truth and each
-stage's label/colour/overlay PNGs,
-``results.json``). No files are read and nothing is downloaded.
+Everything lands under ``runs/demo/`` (one run directory per stage, ``predictions/`` with inputs,
+truth and each stage's label/colour/overlay PNGs, ``results.json``). No files are read and nothing
+is downloaded. Only what a newcomer uses is kept: each stage's ``best.ckpt`` (what the table,
+``arseg eval`` and ``arseg predict`` read) and the baseline's ``last.ckpt`` (where the fine-tunes
+started, read by ``arseg trend``), as weights without optimiser state (about 45 MB each, 180 MB
+in all, where the full checkpoints took 520 MB); the fine-tunes' ``last.ckpt`` are deleted.
 """
 
 from __future__ import annotations
@@ -103,6 +106,25 @@ def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None
             )
 
 
+def _keep_what_a_newcomer_needs(out: Path, stages: list[str]) -> None:
+    """Delete the fine-tunes' last.ckpt and keep the remaining checkpoints as weights only
+    (model weights, config, step): a finished demo is evaluated and inspected, never resumed."""
+    from .checkpoint import _atomic_torch_save, load_checkpoint
+
+    keep = ("state_dict", "arseg_config", "epoch", "global_step", "pytorch-lightning_version")
+    for stage in stages:
+        ckpt_dir = out / stage / "checkpoints"
+        if stage != "baseline":
+            (ckpt_dir / "last.ckpt").unlink(missing_ok=True)
+        for path in sorted(ckpt_dir.glob("*.ckpt")):
+            ckpt = load_checkpoint(path)
+            _atomic_torch_save({k: ckpt[k] for k in keep if k in ckpt}, path)
+
+
+def _size_mib(folder: Path) -> float:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
+
+
 def _write_predictions(out: Path, stages: list[str], cfg: dict[str, Any], count: int = 4) -> None:
     from arseg.data import denormalize
 
@@ -187,7 +209,13 @@ def run_demo(
     print(
         f"\nCE+AR minus CE-only: {delta:+.4f} mIoU (one seed on toy data: not evidence either way)"
     )
-    print(f"wall time {wall:.0f} s; runs, logs, checkpoints and PNGs in {out}/")
+    _keep_what_a_newcomer_needs(out, [s[0] for s in stages])
+    print(
+        f"wall time {wall:.0f} s; output in {out.resolve()}/ ({_size_mib(out):.0f} MiB): "
+        "baseline/ finetune_ar/ finetune_ce/ (config.yaml, metrics.csv, summary.json, "
+        "checkpoints/best.ckpt, eval/), predictions/ (PNGs), results.json"
+    )
+    print(f"next: arseg report {out / 'finetune_ce'} {out / 'finetune_ar'} -o {out / 'report'}")
     summary = {
         "wall_time_s": round(wall, 1),
         "steps": {"baseline": steps, "finetune": ft_steps},
