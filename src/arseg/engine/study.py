@@ -401,9 +401,13 @@ class _Runner:
                         f"run {job.name} failed (exit {rc}); its log: "
                         f"{self.out / 'logs' / f'{job.name}.log'}{tail}"
                     )
-                self.job_times.append(time.time() - started)
+                took = time.time() - started
+                if (
+                    job.arm is not None
+                ):  # the estimate counts fine-tunes only (the baseline is longer)
+                    self.job_times.append(took)
                 self.done += 1
-                self._progress(job)
+                self._progress(job, took)
             if not block or len(self.running) < self.parallel:
                 return
             time.sleep(0.5)
@@ -433,7 +437,7 @@ class _Runner:
             log.close()
         self.running.clear()
 
-    def _progress(self, job: _Job) -> None:
+    def _progress(self, job: _Job, took: float) -> None:
         elapsed = time.time() - self.start
         metrics = _read_metrics(_eval_dir(job.run_dir, "val", "best"))
         last = _read_metrics(_eval_dir(job.run_dir, "val", "last"))
@@ -448,7 +452,7 @@ class _Runner:
             mean = sum(self.job_times) / len(self.job_times)
             eta = f", about {_fmt_s(mean * remaining / self.parallel)} left"
         print(
-            f"[{self.done:>3}/{self.total}] {job.name}: done in {_fmt_s(self.job_times[-1])}"
+            f"[{self.done:>3}/{self.total}] {job.name}: done in {_fmt_s(took)}"
             f" ({what}); elapsed {_fmt_s(elapsed)}{eta}",
             flush=True,
         )
