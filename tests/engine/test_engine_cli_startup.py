@@ -79,3 +79,30 @@ def test_data_check_of_an_unknown_dataset_lists_the_valid_names(capsys):
     assert main(["data", "check", "nyu"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("arseg: error: unknown dataset 'nyu'") and "camvid" in err
+
+
+def test_analysis_errors_have_the_same_prefix(tmp_path, capsys):
+    assert main(["trend", str(tmp_path / "missing")]) != 0
+    assert capsys.readouterr().err.startswith("arseg: error: ")
+
+
+def test_gpu_requested_without_one_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (
+        ["eval", str(tmp_path), "--accelerator", "gpu"],
+        [
+            "predict",
+            str(tmp_path),
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "p"),
+            "--accelerator",
+            "gpu",
+        ],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("arseg: error: --accelerator gpu: no CUDA GPU is available"), err
+        assert len(err.strip().splitlines()) == 1

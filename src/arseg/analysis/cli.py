@@ -40,7 +40,7 @@ class OutputError(OSError):
 
 
 def _fail(err: Exception) -> int:
-    print(f"error: {err}", file=sys.stderr)
+    print(f"arseg: error: {err}", file=sys.stderr)  # the prefix of every arseg command
     return 2
 
 

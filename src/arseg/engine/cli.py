@@ -230,7 +230,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .train import evaluate
+    from .train import check_accelerator, evaluate
 
     eval_over: dict[str, Any] = {}
     if args.scales is not None:
@@ -251,6 +251,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if args.num_workers is not None:
         data_over["num_workers"] = args.num_workers
     try:
+        check_accelerator(args.accelerator or "auto")  # one line, not Lightning's exception
         m = evaluate(
             args.run,
             split=args.split,
