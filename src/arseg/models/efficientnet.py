@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, check_num_classes
-from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1, _upsample_to
+from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1
 from .registry import register_model
 
 __all__ = [
@@ -209,8 +209,10 @@ class LWRefineNetEfficientLite(SegmentationModel):
     Shapes: input ``(B, 3, H, W)`` float, ImageNet-normalised -> logits
     ``(B, C, ceil(H/4), ceil(W/4))``.
 
-    The decoder's upsamplings are bilinear ``align_corners=True`` as in the reference ``mbv2``;
-    the logits are resized to the labels with ``align_corners=False`` (DrSleep's training code).
+    The decoder's upsamplings are bilinear with ``align_corners=False``, unlike the reference
+    ``mbv2`` (``True``): this network has no reference checkpoint to reproduce, and the CamVid
+    study (docs/experiments/camvid_pretrained.md) was trained with it. The logits are resized
+    to the labels with ``align_corners=False`` too (DrSleep's training code).
     """
 
     align_corners = False
@@ -265,7 +267,9 @@ class LWRefineNetEfficientLite(SegmentationModel):
             fused = sum(self.projs[i](feats[i]) for i in group)
             if y is not None:
                 y = self.adapts[g - 1](y)
-                fused = fused + _upsample_to(y, fused)
+                fused = fused + F.interpolate(
+                    y, size=fused.shape[-2:], mode="bilinear", align_corners=False
+                )
             y = self.crps[g](F.relu6(fused))
         return self.classifier(y), {}
 
