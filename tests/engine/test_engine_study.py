@@ -48,7 +48,8 @@ def _write_study(directory: Path, **changes) -> Path:
     return path
 
 
-def _study(config: Path, out: Path, **popen) -> subprocess.Popen:
+def _study(config: Path, out: Path) -> subprocess.Popen:
+    """``arseg study`` in its own process group (so that it can be killed with its workers)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "arseg.cli", "study", str(config), "--out", str(out)],
@@ -56,8 +57,18 @@ def _study(config: Path, out: Path, **popen) -> subprocess.Popen:
         stderr=subprocess.STDOUT,
         text=True,
         env=env,
-        **popen,
+        start_new_session=True,
     )
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
+    try:
+        stdout, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # never leave workers training behind
+        stdout, _ = proc.communicate()
+        pytest.fail(f"arseg study did not finish in {timeout} s:\n{stdout}")
+    return stdout
 
 
 def _run_metrics(out: Path) -> dict[str, tuple[float, float]]:
@@ -79,7 +90,7 @@ def finished_study(tmp_path_factory) -> tuple[Path, Path, str]:
     config = _write_study(root / "cfg")
     out = root / "out"
     proc = _study(config, out)
-    stdout, _ = proc.communicate(timeout=900)
+    stdout = _finish(proc)
     assert proc.returncode == 0, stdout
     return config, out, stdout
 
@@ -120,12 +131,14 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
     """Same config, same threads: same numbers; a killed study keeps its finished runs."""
     config, reference_out, _ = finished_study
     out = tmp_path / "out"
-    proc = _study(config, out, start_new_session=True)
+    proc = _study(config, out)
     first = out / "state" / "ce_seed1.json"
     deadline = time.time() + 600
     while not first.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    assert first.is_file(), proc.communicate()[0]
+    if not first.is_file():
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no run finished in time:\n{proc.communicate()[0]}")
     os.killpg(proc.pid, signal.SIGKILL)  # the study and its running workers, without warning
     proc.wait()
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("*_seed*.json")}
@@ -133,7 +146,7 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
     assert not (out / "state" / "ar_seed2.json").exists()  # the study was cut short
 
     proc = _study(config, out)
-    stdout, _ = proc.communicate(timeout=900)
+    stdout = _finish(proc)
     assert proc.returncode == 0, stdout
     assert "ce_seed1: finished earlier, kept" in stdout
     for name, mtime in kept.items():
@@ -146,7 +159,7 @@ def test_study_refuses_other_settings_in_the_same_directory(finished_study, tmp_
     _config, out, _ = finished_study
     other = _write_study(tmp_path / "cfg", n_boot=100)
     proc = _study(other, out)
-    stdout, _ = proc.communicate(timeout=120)
+    stdout = _finish(proc, timeout=300)
     assert proc.returncode == 2
     assert "n_boot" in stdout and "another --out" in stdout
 
