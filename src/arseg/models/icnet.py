@@ -29,7 +29,7 @@ to the labels the same way).
 Pyramid pooling is adaptive (any input size). The prototxt instead hard-codes its pooling
 windows for the 33 x 65 ``conv5_3`` of a 1025 x 2049 input; bins 1 and 2 give the same windows
 as adaptive pooling there, bins 3 and 6 do not (e.g. bin 3: kernel 13 x 25, stride 10 x 20,
-overlapping, against adaptive 11 x 21/22 tiles). ``prototxt_pooling=True`` uses the prototxt's
+against adaptive windows of 11 x 22-23). ``prototxt_pooling=True`` uses the prototxt's
 windows (:data:`PROTOTXT_POOL_WINDOWS`) at that feature size and adaptive pooling elsewhere.
 """
 
