@@ -96,12 +96,7 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
         raise StudyError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: a study config is a mapping, got {type(raw).__name__}")
-    unknown = set(raw) - _STUDY_KEYS
-    if unknown:
-        raise StudyError(
-            f"{path}: unknown study key(s) {', '.join(sorted(unknown))}; valid: "
-            f"{', '.join(sorted(_STUDY_KEYS))}"
-        )
+    _check_keys(raw, _STUDY_KEYS, f"{path}: unknown study key(s)")
     for key in ("baseline", "finetune", "control", "arms"):
         if key not in raw:
             raise StudyError(f"{path}: missing study key {key!r}")
@@ -136,12 +131,7 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
             raise StudyError(f"{path}: arm names are letters, digits, '-' and '_', got {name!r}")
         if not isinstance(arm, dict):
             raise StudyError(f"{path}: arm {name!r} must be a mapping, got {type(arm).__name__}")
-        bad = set(arm) - _ARM_KEYS
-        if bad:
-            raise StudyError(
-                f"{path}: arm {name!r} has unknown key(s) {', '.join(sorted(bad))}; valid: "
-                f"{', '.join(sorted(_ARM_KEYS))}"
-            )
+        _check_keys(arm, _ARM_KEYS, f"{path}: arm {name!r} has unknown key(s)")
         seeds = arm.get("seeds")
         if (
             not isinstance(seeds, list)
@@ -169,6 +159,12 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
         _run_config(cfg, arm_name, cfg["arms"][arm_name]["seeds"][0], Path("/nonexistent"))
     _run_config(cfg, None, None, Path("/nonexistent"))
     return cfg
+
+
+def _check_keys(given: dict[str, Any], valid: set[str], what: str) -> None:
+    unknown = set(given) - valid
+    if unknown:
+        raise StudyError(f"{what} {', '.join(sorted(unknown))}; valid: {', '.join(sorted(valid))}")
 
 
 def _override_strings(overrides: dict[str, Any]) -> list[str]:
