@@ -441,7 +441,7 @@ def test_unwritable_outputs_are_one_line_errors(fake_arms, tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == ""  # compare prints no table before failing
         lines = captured.err.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: cannot write"), (args, lines)
+        assert len(lines) == 1 and lines[0].startswith("arseg: error: cannot write"), (args, lines)
         assert str(bad) in lines[0] and "Traceback" not in captured.err
 
 
