@@ -83,9 +83,6 @@ DEFAULTS: dict[str, Any] = {
         "lambda_schedule": "constant",  # lambda_ar over the run: constant | linear | exp | poly
         "lambda_final_ratio": 0.1,  # lambda at the last step / lambda_ar (not for constant)
         "lambda_power": 0.9,  # exponent of the poly lambda schedule
-        "lambda_schedule": "constant",  # lambda_ar over the run: constant | linear | exp | poly
-        "lambda_final_ratio": 0.1,  # lambda at the last step / lambda_ar (not for constant)
-        "lambda_power": 0.9,  # exponent of the poly lambda schedule
         "class_weight": None,  # list of C floats
         "ignore_index": 255,
         "aux": True,  # add the model's auxiliary losses with model.aux_weights
@@ -427,16 +424,6 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(
                 f"config key 'loss.{key}' must be one of {allowed}, got {cfg['loss'][key]!r}"
             )
-    from arseg.losses.schedule import check_lambda_schedule
-
-    try:
-        check_lambda_schedule(
-            cfg["loss"]["lambda_schedule"],
-            cfg["loss"]["lambda_final_ratio"],
-            cfg["loss"]["lambda_power"],
-        )
-    except ValueError as err:
-        raise ConfigError(f"config keys 'loss.lambda_*': {err}") from None
     from arseg.losses.schedule import check_lambda_schedule
 
     try:

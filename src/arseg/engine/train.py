@@ -680,6 +680,7 @@ def _fit(
         load_weights(module.model, model_state_dict(init_ckpt), cfg["init_from"])
     if rank_zero_only.rank == 0:
         dump_config(cfg, run_dir / "config.yaml")
+        _record_provenance(run_dir, resume=resume)
         if resume_ckpt is not None:
             _truncate_metrics(run_dir, resume_ckpt)
 
@@ -703,6 +704,24 @@ def _fit(
             )
         (run_dir / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2))
     return summary
+
+
+def _record_provenance(run_dir: Path, *, resume: bool) -> None:
+    """Write ``RUN/provenance.json``: a list with one entry per start (the first, then each
+    ``--resume``) of what ran it (arseg version, git commit, torch version, threads)."""
+    from .provenance import provenance
+
+    path = run_dir / "provenance.json"
+    entries: list[Any] = []
+    if resume and path.is_file():
+        try:
+            entries = list(json.loads(path.read_text()))
+        except (ValueError, TypeError):
+            entries = []
+    entries.append(provenance())
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(entries, indent=2))
+    os.replace(tmp, path)
 
 
 def _nan_to_none(obj: Any) -> Any:
