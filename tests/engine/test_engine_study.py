@@ -110,6 +110,9 @@ def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
         assert Path(cfg["init_from"]) == out / "baseline"
         assert cfg["loss"]["lambda_ar"] == (0.1 if name.startswith("ar") else 0.0)
         assert cfg["trainer"]["num_threads"] == 1  # 2 threads shared by 2 runs
+        (record,) = json.loads((out / name / "provenance.json").read_text())
+        assert record["num_threads"] == 1 and record["torch_version"]
+        assert "git_commit" in record and record["arseg_version"]
     for checkpoint in ("best", "last"):
         cmp = json.loads((out / "compare" / "val" / f"ar_vs_ce_{checkpoint}.json").read_text())
         assert cmp  # the comparison of the AR arm against the control was written
