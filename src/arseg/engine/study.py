@@ -532,7 +532,7 @@ def run_study(
             raise StudyError(f"{out} is not a study directory (no study.yaml)")
         import yaml
 
-        study = yaml.safe_load(config.read_text())
+        study = {**_OPTIONAL_DEFAULTS, **yaml.safe_load(config.read_text())}
     else:
         if out is None:
             raise StudyError("--out DIR is required with a study config")
