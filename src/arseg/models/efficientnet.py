@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, check_num_classes
-from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1
+from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1, stage_outputs
 from .registry import register_model
 
 __all__ = [
@@ -255,13 +255,7 @@ class LWRefineNetEfficientLite(SegmentationModel):
         self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        e = self.encoder
-        x = e.bn1(e.conv_stem(x))
-        feats = []
-        for i, stage in enumerate(e.blocks):
-            x = stage(x)
-            if i >= 1:
-                feats.append(x)
+        feats = stage_outputs(self.encoder, x)
         y: Tensor | None = None
         for g, group in enumerate(self.groups):
             fused = sum(self.projs[i](feats[i]) for i in group)

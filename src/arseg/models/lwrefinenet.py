@@ -62,6 +62,18 @@ class CRPBlock(nn.Module):
         return x
 
 
+def stage_outputs(encoder: nn.Module, x: Tensor) -> list[Tensor]:
+    """The outputs of stages 1.. of a timm MobileNet-v2 / EfficientNet feature extractor
+    (``conv_stem``, ``bn1``, ``blocks``): the six maps the ``mbv2`` decoder projects."""
+    x = encoder.bn1(encoder.conv_stem(x))
+    feats = []
+    for i, stage in enumerate(encoder.blocks):
+        x = stage(x)
+        if i >= 1:
+            feats.append(x)
+    return feats
+
+
 def _upsample_to(x: Tensor, ref: Tensor) -> Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=True)
 
@@ -261,13 +273,7 @@ class LWRefineNetMobileNetV2(SegmentationModel):
         self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        e = self.encoder
-        x = e.bn1(e.conv_stem(x))
-        feats = []
-        for i, stage in enumerate(e.blocks):
-            x = stage(x)
-            if i >= 1:
-                feats.append(x)
+        feats = stage_outputs(self.encoder, x)
         l3, l4, l5, l6, l7, l8 = (proj(f) for proj, f in zip(self.projs, feats))
         relu6 = F.relu6
         y = self.crps[0](relu6(l8 + l7))  # 1/32
