@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from arseg.cli import main
 
@@ -37,6 +40,65 @@ def test_demo_keeps_weights_only_best_checkpoints_and_the_baseline_start(tmp_pat
     assert (out / "baseline" / "checkpoints" / "best.ckpt").stat().st_size < 0.6 * before
     # still what eval reads
     assert main(["eval", str(out / "finetune_ar"), "--no-progress"]) == 0
+
+
+def test_demo_success_path_on_a_tiny_model(tmp_path, capsys, monkeypatch):
+    """The whole demo (three stages, table, predictions, results.json, pruning) with the demo's
+    own network swapped for the engine tests' tiny one; the real network runs in the slow test."""
+    from arseg.engine import demo
+
+    real_config = demo.demo_config
+
+    def tiny_demo_config(out, *, size, steps, seed):
+        cfg = real_config(out, size=size, steps=steps, seed=seed)
+        cfg["model"] = {
+            **cfg["model"],
+            "name": "lwrefinenet_mbv2",
+            "options": {"decoder_channels": 8},
+        }
+        cfg["data"]["train_options"] = {"num_samples": 16}
+        cfg["data"]["val_options"] = {"num_samples": 5}
+        return cfg
+
+    monkeypatch.setattr(demo, "demo_config", tiny_demo_config)
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--steps", "4", "--size", "32"]) == 0
+    text = capsys.readouterr().out
+    stages = ("baseline", "finetune_ar", "finetune_ce")
+    results = json.loads((out / "results.json").read_text())
+    assert results["steps"] == {"baseline": 4, "finetune": 2}
+    for i, stage in enumerate(stages, 1):
+        # each stage trained the steps it was given, from the baseline's last checkpoint
+        ckpt = torch.load(out / stage / "checkpoints" / "best.ckpt", weights_only=True)
+        assert ckpt["arseg_config"]["model"]["name"] == "lwrefinenet_mbv2"
+        assert ckpt["global_step"] == 2  # best of the 2-step epochs (16 scenes, batch 8)
+        if stage != "baseline":
+            assert ckpt["arseg_config"]["init_from"] == str(out / "baseline/checkpoints/last.ckpt")
+        assert f"[{i}/3]" in text
+        # the table and results.json report what arseg eval wrote for the stage
+        metrics = json.loads((out / stage / "eval" / "val" / "metrics.json").read_text())
+        for key in ("miou", "pixel_acc", "val_ar"):
+            assert results["results"][stage][key] == pytest.approx(metrics[key])
+        # one label PNG per input scene, a valid class map of the input's size
+        inputs = sorted((out / "predictions" / "inputs").glob("*.png"))
+        labels = sorted((out / "predictions" / stage).glob("*_label.png"))
+        assert len(inputs) == 4 and [p.name.replace("_label", "") for p in labels] == [
+            p.name for p in inputs
+        ]
+        label = np.asarray(Image.open(labels[0]))
+        assert label.shape == (32, 32) and label.max() < 6
+    ar = results["results"]["finetune_ar"]["miou"] - results["results"]["finetune_ce"]["miou"]
+    assert f"CE+AR minus CE-only: {ar:+.4f} mIoU" in text
+    assert f"{results['results']['finetune_ar']['miou']:>7.4f}" in text
+    assert f"output in {out.resolve()}/" in text
+    kept = sorted(str(p.relative_to(out)) for p in out.rglob("*.ckpt"))
+    expected = [f"{s}/checkpoints/best.ckpt" for s in stages] + ["baseline/checkpoints/last.ckpt"]
+    assert kept == sorted(expected)
+    last = torch.load(out / "baseline/checkpoints/last.ckpt", weights_only=True)
+    assert last["global_step"] == 4
+    # a second demo into the same folder replaces its own runs
+    assert main(["demo", "--out", str(out), "--steps", "2", "--size", "32"]) == 0
+    assert json.loads((out / "results.json").read_text())["steps"]["baseline"] == 2
 
 
 @pytest.mark.slow
