@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -78,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"arseg: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `arseg compare ... | head`: the reader left, nothing is wrong
+        # Python would report the failed flush of sys.stdout at exit: point it at devnull
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell tool killed by the signal reports
 
 
 if __name__ == "__main__":

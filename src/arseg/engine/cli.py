@@ -47,7 +47,7 @@ def _add_parser(
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    p.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     p.add_argument(
         "--run-dir",
         type=Path,
@@ -479,5 +479,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "KEY=VALUE overrides): the config as a run would use it, after _base_ inheritance.",
     )
     show.add_argument("config", type=Path, nargs="?", default=None, help="experiment YAML")
-    show.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=_OVERRIDES_HELP)
+    show.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help=_OVERRIDES_HELP)
     show.set_defaults(func=_cmd_config_show)
