@@ -156,6 +156,32 @@ def test_compare_says_when_seeds_do_not_match(tmp_path, make_run, capsys):
     assert "paired by order (the seeds differ: A [0, 1], B [1, 2])" in capsys.readouterr().out
 
 
+def test_compare_pairs_arms_on_the_seeds_they_share(tmp_path, make_run, capsys):
+    """3 ablation seeds against a control of 5: a paired comparison on seeds 0-2, not unpaired."""
+    for seed in range(5):
+        make_run(tmp_path / "ctrl" / f"s{seed}", seed=seed, accuracy=0.6 + 0.02 * seed)
+    for seed in (2, 0, 1):
+        make_run(tmp_path / "abl" / f"s{seed}", seed=seed, accuracy=0.65 + 0.02 * seed)
+    argv = ["compare", str(tmp_path / "ctrl"), str(tmp_path / "abl"), "--n-boot", "200"]
+    assert main([*argv, "--json", str(tmp_path / "c.json")]) == 0
+    text = capsys.readouterr().out
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["paired_by"] == "seed (the 3 shared seeds)"
+    assert result["arm_a"]["seeds"] == [0, 1, 2] == result["arm_b"]["seeds"]
+    assert result["bootstrap"]["resample_runs"] and result["seed_test"]["df"] == 2
+    assert "paired on the 3 seeds both arms share [0, 1, 2]; left out: A's seeds [3, 4]" in text
+    assert str(tmp_path / "ctrl" / "s4") in text
+    # the same runs given as the shared seeds alone give the same comparison
+    shared = ",".join(str(tmp_path / "ctrl" / f"s{s}") for s in (0, 1, 2))
+    assert main(["compare", shared, str(tmp_path / "abl"), "--n-boot", "200", "--json",
+                 str(tmp_path / "d.json")]) == 0  # fmt: skip
+    direct = json.loads((tmp_path / "d.json").read_text())
+    assert direct["paired_by"] == "seed"
+    assert (
+        direct["bootstrap"] == result["bootstrap"] and direct["delta_miou"] == result["delta_miou"]
+    )
+
+
 def test_compare_command_reproducible(fake_arms, tmp_path, capsys):
     ce, ar = fake_arms
     args = ["compare", str(ce), str(ar), "--n-boot", "500", "--seed", "3"]

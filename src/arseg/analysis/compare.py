@@ -9,7 +9,8 @@ for the best checkpoint, ``RUN/eval/<split>-last`` for the last). Reported:
   (all runs of both arms resampled with the same images) and, with several paired seeds, over
   the seed pairs too (two-level bootstrap); per-class differences with their intervals;
 * across seeds: a paired t-test and the t interval of the mean difference (pairs = same seed),
-  shown beside the bootstrap interval.
+  shown beside the bootstrap interval. Arms sharing only some of their seeds (at least two) are
+  compared on the shared seeds; a warning names the runs left out.
 
 How far to trust it: with one run per arm (or unpaired arms) the bootstrap resamples images
 only and treats the trained networks as fixed, so it says nothing about seed-to-seed training
@@ -215,21 +216,49 @@ def _summary_or_nan(values: Sequence[float]) -> SeedSummary:
     return seed_summary(values) if len(values) else SeedSummary(math.nan, math.nan, 0)
 
 
-def _pair(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[Run], list[Run], str]:
+def _pair(runs_a: list[Run], runs_b: list[Run]) -> tuple[list[Run], list[Run], str, list[str]]:
+    """The runs to compare, paired where the seeds allow, how they pair, and what was left out.
+
+    Arms with the same seeds pair by seed. Arms whose seeds overlap in at least two (e.g. three
+    ablation seeds against a control of five) pair on the shared seeds, and the others are left
+    out with a warning: a paired comparison on fewer runs beats an unpaired one on all, which
+    cannot see seed noise.
+    """
     seeds_a = [r.seed for r in runs_a]
     seeds_b = [r.seed for r in runs_b]
-    if (
+    known = (
         None not in seeds_a
         and None not in seeds_b
         and len(set(seeds_a)) == len(seeds_a)
-        and sorted(seeds_a) == sorted(seeds_b)
-    ):
+        and len(set(seeds_b)) == len(seeds_b)
+    )
+    if known and sorted(seeds_a) == sorted(seeds_b):
         by_seed = {r.seed: r for r in runs_b}
-        return runs_a, [by_seed[r.seed] for r in runs_a], "seed"
+        return runs_a, [by_seed[r.seed] for r in runs_a], "seed", []
+    shared = [s for s in seeds_a if s in set(seeds_b)] if known else []
+    if len(shared) >= 2:
+        by_a = {r.seed: r for r in runs_a}
+        by_b = {r.seed: r for r in runs_b}
+        only_a = [s for s in seeds_a if s not in shared]
+        only_b = [s for s in seeds_b if s not in shared]
+        left = "; ".join(
+            f"{arm}'s seeds {seeds} ({', '.join(str(by[s].path) for s in seeds)})"
+            for arm, seeds, by in (("A", only_a, by_a), ("B", only_b, by_b))
+            if seeds
+        )
+        note = (
+            f"paired on the {len(shared)} seeds both arms share {sorted(shared)}; left out: {left}"
+        )
+        return (
+            [by_a[s] for s in shared],
+            [by_b[s] for s in shared],
+            f"seed (the {len(shared)} shared seeds)",
+            [note],
+        )
     if None not in seeds_a and None not in seeds_b and len(runs_a) == len(runs_b) > 1:
         # Seeds are known but do not match one to one: say so rather than pair silently.
-        return runs_a, runs_b, f"order (the seeds differ: A {seeds_a}, B {seeds_b})"
-    return runs_a, runs_b, "order"
+        return runs_a, runs_b, f"order (the seeds differ: A {seeds_a}, B {seeds_b})", []
+    return runs_a, runs_b, "order", []
 
 
 def _val_ar(run: Run) -> float:
@@ -294,7 +323,7 @@ def compare_runs(
     runs_a, runs_b = list(runs_a), list(runs_b)
     if not runs_a or not runs_b:
         raise RunError("each arm needs at least one run")
-    runs_a, runs_b, paired_by = _pair(runs_a, runs_b)
+    runs_a, runs_b, paired_by, pairing_notes = _pair(runs_a, runs_b)
     everyone = runs_a + runs_b
     confs_a = [r.confusion() for r in runs_a]
     confs_b = [r.confusion() for r in runs_b]
@@ -375,7 +404,7 @@ def compare_runs(
         seed_tests=seed_tests,
         boundary=boundary,
         boundary_note=note,
-        warnings=_run_warnings(runs_a, runs_b, resample_runs),
+        warnings=pairing_notes + _run_warnings(runs_a, runs_b, resample_runs),
     )
 
 
