@@ -195,3 +195,20 @@ def test_camvid_study_config_resolves() -> None:
     assert len(study["arms"]["ce"]["seeds"]) >= 5 and len(study["arms"]["ar"]["seeds"]) >= 5
     assert study["arms"]["linear"]["overrides"]["loss.kernel"] == "linear"
     assert study["arms"]["fullres"]["overrides"]["loss.scales"] is None
+
+
+@pytest.mark.parametrize("ablation_seeds", [[1, 2], [1]])
+def test_table_says_how_arms_with_fewer_seeds_are_compared(tmp_path, ablation_seeds) -> None:
+    from arseg.engine.study import _table
+
+    study = {
+        "name": "s",
+        "control": "ce",
+        "arms": {
+            "ce": {"label": "CE only", "seeds": [1, 2]},
+            "ar1": {"label": "CE + 1.0 AR", "seeds": ablation_seeds},
+        },
+    }
+    markdown = _table(study, tmp_path, "val", {})["markdown"]
+    note = "compared with it on the seeds both share"
+    assert (note in markdown) == (ablation_seeds != [1, 2])

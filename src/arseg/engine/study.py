@@ -786,6 +786,12 @@ def _table(
         "best = each run's best-val checkpoint, last = its last step (no selection).",
         "",
     ]
+    control_seeds = set(study["arms"][study["control"]]["seeds"])
+    if any(set(spec["seeds"]) != control_seeds for spec in study["arms"].values()):
+        lines[-1:-1] = [
+            "An arm with other seeds than the control is compared with it on the seeds both "
+            "share (its mean ± std is over all of its own seeds; the control's over all of its).",
+        ]
     return {"markdown": "\n".join(lines) + "\n", "data": data}
 
 
