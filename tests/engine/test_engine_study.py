@@ -101,9 +101,7 @@ def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
     runs = _run_metrics(out)
     assert sorted(runs) == ["ar/seed1", "ar/seed2", "ce/seed1", "ce/seed2"]
     # every fine-tune starts from the baseline and has the control's steps
-    steps = {
-        json.loads((out / name / "summary.json").read_text())["steps"] for name in runs
-    }
+    steps = {json.loads((out / name / "summary.json").read_text())["steps"] for name in runs}
     assert steps == {8}  # 16 images / batch 4 x 2 epochs
     for name in runs:
         cfg = yaml.safe_load((out / name / "config.yaml").read_text())

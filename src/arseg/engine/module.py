@@ -307,9 +307,9 @@ class SegmentationModule(L.LightningModule):
             confusion_matrix(pred, target, self.num_classes, self.ignore_index).cpu().numpy()
         )
         self.test_boundary.append(
-            boundary_counts(
-                pred, target, self.num_classes, self.ignore_index, self.boundary_ratio
-            ).cpu().numpy()
+            boundary_counts(pred, target, self.num_classes, self.ignore_index, self.boundary_ratio)
+            .cpu()
+            .numpy()
         )
 
     def on_test_epoch_end(self) -> None:
