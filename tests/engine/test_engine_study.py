@@ -210,3 +210,64 @@ def test_table_says_how_arms_with_fewer_seeds_are_compared(tmp_path, ablation_se
     markdown = _table(study, tmp_path, "val", {})["markdown"]
     note = "compared with it on the seeds both share"
     assert (note in markdown) == (ablation_seeds != [1, 2])
+
+
+def test_a_config_that_only_adds_seeds_or_arms_extends_the_recorded_study(tmp_path) -> None:
+    from arseg.engine.study import _prepare_out
+
+    config = _write_study(tmp_path / "cfg")
+    study = load_study_config(config)
+    out = tmp_path / "out"
+    _prepare_out(study, config, out)
+    more = json.loads(json.dumps(study))
+    more["arms"]["ar"]["seeds"] = [1, 2, 3]
+    more["arms"]["ar1"] = {"label": "CE + 1.0 AR", "seeds": [1], "overrides": {}}
+    _prepare_out(more, config, out)
+    assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == more["arms"]
+    for change in (
+        {"ar": {**more["arms"]["ar"], "seeds": [1, 3]}},  # a seed that ran is dropped
+        {"ar": {**more["arms"]["ar"], "overrides": {"loss.lambda_ar": 0.2}}},
+        {"ar": {**more["arms"]["ar"], "label": "renamed"}},
+    ):
+        changed = {**more, "arms": {**more["arms"], **change}}
+        with pytest.raises(StudyError, match="arms differ"):
+            _prepare_out(changed, config, out)
+    with pytest.raises(StudyError, match="n_boot differ"):
+        _prepare_out({**more, "n_boot": 100}, config, out)
+    assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == more["arms"]
+
+
+@pytest.mark.slow
+def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
+    """A config that only adds a seed trains that run alone and compares everything again."""
+    import shutil
+
+    config, out, _ = finished_study
+    extended = tmp_path / "out"
+    shutil.copytree(out, extended)
+    before = {
+        p.relative_to(extended): p.stat().st_mtime_ns
+        for p in extended.glob("*/**/checkpoints/best.ckpt")
+    }
+    study = yaml.safe_load(config.read_text())
+    study["arms"]["ar"]["seeds"] = [1, 2, 3]
+    more = config.with_name("study_more_seeds.yaml")  # beside it: the same base/ft configs
+    more.write_text(yaml.safe_dump(study, sort_keys=False))
+    proc = _study(more, extended)
+    stdout = _finish(proc, timeout=600)
+    assert proc.returncode == 0, stdout
+    assert "extending the study" in stdout and ": ar seeds [3];" in stdout
+    assert stdout.count("finished earlier, kept") == 5  # the baseline and the 4 seed-1/2 runs
+    after = {p: (extended / p).stat().st_mtime_ns for p in before}
+    assert after == before  # nothing that had finished was trained again
+    assert (extended / "ar" / "seed3" / "eval" / "val" / "metrics.json").is_file()
+    cmp = json.loads((extended / "compare" / "val" / "ar_vs_ce_best.json").read_text())
+    assert cmp["arm_a"]["seeds"] == [1, 2] == cmp["arm_b"]["seeds"]  # paired on shared seeds
+    assert any("left out: B's seeds [3]" in w for w in cmp["warnings"])
+    assert yaml.safe_load((extended / "study.yaml").read_text())["arms"]["ar"]["seeds"] == [1, 2, 3]
+    # a changed setting of an arm that has run is still refused
+    study["arms"]["ar"]["overrides"] = {"loss.lambda_ar": 0.2}
+    more.write_text(yaml.safe_dump(study, sort_keys=False))
+    proc = _study(more, extended)
+    stdout = _finish(proc, timeout=300)
+    assert proc.returncode == 2 and "arms differ" in stdout

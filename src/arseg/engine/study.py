@@ -30,7 +30,9 @@ A *study config* names a baseline run config and a fine-tune run config and list
 Each run is one worker process (``python -m arseg.engine.study _job``) that trains and evaluates
 it; its log is ``DIR/logs/<arm>_seed<k>.log``. A finished run is recorded in
 ``DIR/state/<job>.json`` and never run again: a killed study continues where it stopped (a run
-that was cut short resumes from its ``last.ckpt``). ``arseg study DIR --eval-split SPLIT
+that was cut short resumes from its ``last.ckpt``). A config that only adds seeds to arms or
+new arms extends the study: its finished runs are kept and only the new ones train. ``arseg
+study DIR --eval-split SPLIT
 [--data-root ROOT]`` evaluates every run of a finished study on a split without retraining
 (another split, e.g. a test split kept elsewhere, or the study's own after the evaluation code
 changed) and writes that split's comparisons, report and table.
@@ -486,16 +488,19 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
     recorded = out / "study.yaml"
     if recorded.is_file():
         previous = {**_OPTIONAL_DEFAULTS, **yaml.safe_load(recorded.read_text())}
-        if previous != study:
+        if previous == study:
+            return
+        added = _added_runs(previous, study)
+        if added is None:
             changed = sorted(
                 k for k in set(previous) | set(study) if previous.get(k) != study.get(k)
             )
             raise StudyError(
                 f"{out} holds a study with other settings ({', '.join(changed)} differ): "
-                "use another --out, or delete it to start over"
+                "use another --out, or delete it to start over (adding seeds or arms is allowed)"
             )
-        return
-    if out.exists() and any(out.iterdir()):
+        print(f"extending the study in {out}: {added}; its finished runs are kept", flush=True)
+    elif out.exists() and any(out.iterdir()):
         raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     tmp = recorded.with_suffix(".tmp")
@@ -503,6 +508,28 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
         f"# arseg study {config_path} --out {out}\n" + yaml.safe_dump(study, sort_keys=False)
     )
     os.replace(tmp, recorded)
+
+
+def _added_runs(previous: dict[str, Any], study: dict[str, Any]) -> str | None:
+    """What ``study`` adds to ``previous`` when it only adds seeds to arms or new arms (every
+    finished run stays valid); ``None`` when it changes anything else."""
+    if {k: v for k, v in previous.items() if k != "arms"} != {
+        k: v for k, v in study.items() if k != "arms"
+    }:
+        return None
+    added = []
+    for arm, spec in previous["arms"].items():
+        new = study["arms"].get(arm)
+        if new is None or {**spec, "seeds": None} != {**new, "seeds": None}:
+            return None
+        if not set(spec["seeds"]) <= set(new["seeds"]):
+            return None
+        extra = [s for s in new["seeds"] if s not in spec["seeds"]]
+        if extra:
+            added.append(f"{arm} seeds {extra}")
+    added += [f"arm {arm} (seeds {spec['seeds']})" for arm, spec in study["arms"].items()
+              if arm not in previous["arms"]]  # fmt: skip
+    return ", ".join(added) or None
 
 
 def run_study(
@@ -836,7 +863,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run a study config (see configs/camvid/pretrained/study.yaml): the CE "
         "baseline, then every fine-tune arm for every seed from its best checkpoint, each run "
         "evaluated at its best and last checkpoints, then compare (every arm vs the control), "
-        "trend and report. Resumable: run the same command again after a kill. With a study "
+        "trend and report. Resumable: run the same command again after a kill; a config with more "
+        "seeds or arms extends the study. With a study "
         "directory and --eval-split, evaluates the finished runs on that split (no training).",
     )
     p.add_argument("config", type=Path, help="study config YAML, or the directory of a study")
