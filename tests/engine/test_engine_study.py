@@ -201,6 +201,7 @@ def test_table_says_how_arms_with_fewer_seeds_are_compared(tmp_path, ablation_se
 
     study = {
         "name": "s",
+        "baseline": str(tmp_path / "baseline.yaml"),
         "control": "ce",
         "arms": {
             "ce": {"label": "CE only", "seeds": [1, 2]},
@@ -271,3 +272,44 @@ def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
     proc = _study(more, extended)
     stdout = _finish(proc, timeout=300)
     assert proc.returncode == 2 and "arms differ" in stdout
+
+
+def test_a_finished_run_as_baseline_is_fine_tuned_from_not_trained(tmp_path) -> None:
+    from arseg.engine.study import _jobs, _run_config
+
+    peak = tmp_path / "my_run"
+    (peak / "checkpoints").mkdir(parents=True)
+    write_config(peak, "config.yaml")
+    config = _write_study(tmp_path / "cfg", baseline=str(peak))
+    with pytest.raises(StudyError, match="not a finished run"):
+        load_study_config(config)
+    (peak / "checkpoints" / "best.ckpt").write_bytes(b"")  # what the study checks for
+    study = load_study_config(config)
+    assert study["baseline"] == str(peak.resolve())
+    baseline, finetunes = _jobs(study, tmp_path / "out")
+    assert baseline.argv == [] and baseline.run_dir == peak.resolve()  # evaluated, not trained
+    assert all(
+        job.argv[job.argv.index("--init-from") + 1] == str(peak.resolve()) for job in finetunes
+    )
+    cfg = _run_config(study, "ar", 1, tmp_path / "out")
+    assert cfg["init_from"] == str(peak.resolve()) and cfg["loss"]["lambda_ar"] == 0.1
+
+
+@pytest.mark.slow
+def test_study_from_a_finished_run(finished_study, tmp_path) -> None:
+    _config, out, _ = finished_study
+    config = _write_study(
+        tmp_path / "cfg",
+        baseline=str(out / "baseline"),
+        arms={k: {**v, "seeds": [1]} for k, v in ARMS.items()},
+    )
+    new = tmp_path / "out"
+    proc = _study(config, new)
+    stdout = _finish(proc, timeout=600)
+    assert proc.returncode == 0, stdout
+    assert not (new / "baseline").exists()
+    ft = yaml.safe_load((new / "ar" / "seed1" / "config.yaml").read_text())
+    assert ft["init_from"] == str((out / "baseline").resolve())
+    summary = json.loads((new / "summary_val.json").read_text())
+    base = json.loads((out / "baseline" / "eval" / "val" / "metrics.json").read_text())
+    assert summary["baseline"]["miou"] == base["miou"]

@@ -3,7 +3,8 @@
 A *study config* names a baseline run config and a fine-tune run config and lists the arms::
 
     name: camvid_pretrained
-    baseline: baseline.yaml        # stage 1: CE to its peak (paths relative to this file)
+    baseline: baseline.yaml        # stage 1: CE to its peak (paths relative to this file);
+                                   # or a finished run directory: no baseline is trained
     finetune: finetune.yaml        # stage 2: every arm starts from the baseline's best.ckpt
     control: ce                    # the arm every other arm is compared with
     arms:
@@ -18,7 +19,8 @@ A *study config* names a baseline run config and a fine-tune run config and list
 
 ``arseg study CONFIG --out DIR`` then:
 
-1. trains the baseline (``DIR/baseline``) and evaluates it;
+1. trains the baseline (``DIR/baseline``) and evaluates it (a ``baseline`` that names a finished
+   run directory, e.g. a model of yours at its peak, is evaluated there and not trained);
 2. fine-tunes every arm for every seed from the baseline's best checkpoint
    (``DIR/<arm>/seed<k>``), with the same config but for the arm's overrides, so every arm has
    the same steps and schedule; each run is evaluated at its best-val checkpoint and at its last
@@ -31,9 +33,8 @@ Each run is one worker process (``python -m arseg.engine.study _job``) that trai
 it; its log is ``DIR/logs/<arm>_seed<k>.log``. A finished run is recorded in
 ``DIR/state/<job>.json`` and never run again: a killed study continues where it stopped (a run
 that was cut short resumes from its ``last.ckpt``). A config that only adds seeds to arms or
-new arms extends the study: its finished runs are kept and only the new ones train. ``arseg
-study DIR --eval-split SPLIT
-[--data-root ROOT]`` evaluates every run of a finished study on a split without retraining
+new arms extends the study: its finished runs are kept and only the new ones train.
+``arseg study DIR --eval-split SPLIT [--data-root ROOT]`` evaluates every run of a finished study on a split without retraining
 (another split, e.g. a test split kept elsewhere, or the study's own after the evaluation code
 changed) and writes that split's comparisons, report and table.
 
@@ -121,7 +122,16 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
     cfg["overrides"] = {str(k): v for k, v in cfg["overrides"].items()}
     for key in ("baseline", "finetune"):
         run_config = (path.parent / str(raw[key])).resolve()
-        if not run_config.is_file():
+        if key == "baseline" and run_config.is_dir():  # a finished run to fine-tune from
+            if (
+                not (run_config / "config.yaml").is_file()
+                or not (run_config / "checkpoints" / "best.ckpt").is_file()
+            ):
+                raise StudyError(
+                    f"{path}: baseline {run_config} is a directory but not a finished run "
+                    "(it needs config.yaml and checkpoints/best.ckpt)"
+                )
+        elif not run_config.is_file():
             raise StudyError(f"{path}: {key} config {run_config} does not exist")
         cfg[key] = str(run_config)
     arms = raw["arms"]
@@ -183,24 +193,33 @@ def _run_config(
     threads = study["threads"] if arm is None else max(1, study["threads"] // study["parallel"])
     cli: dict[str, Any] = {
         "trainer": {"num_threads": threads, "enable_progress_bar": False},
-        "run_dir": str(_run_dir(out, arm, seed)),
+        "run_dir": str(_run_dir(study, out, arm, seed)),
     }
     try:
+        if arm is None and _baseline_is_run(study):
+            return load_config(Path(study["baseline"]) / "config.yaml")  # as it was trained
         if arm is None:
             cfg = load_config(study["baseline"], _override_strings(study["overrides"]))
         else:
             overrides = _override_strings({**study["overrides"], **study["arms"][arm]["overrides"]})
             cfg = load_config(study["finetune"], overrides)
             cli["seed"] = int(seed)  # type: ignore[arg-type]
-            cli["init_from"] = str(_run_dir(out, None, None))
+            cli["init_from"] = str(_run_dir(study, out, None, None))
         return validate_config(merge_config(cfg, cli, source="the study"))
     except ConfigError as err:
         where = "baseline" if arm is None else f"arm {arm!r}"
         raise StudyError(f"study {study['name']}: {where}: {err}") from None
 
 
-def _run_dir(out: Path, arm: str | None, seed: int | None) -> Path:
-    return out / "baseline" if arm is None else out / arm / f"seed{seed}"
+def _baseline_is_run(study: dict[str, Any]) -> bool:
+    """The study starts from a finished run (its ``baseline`` is a run directory)."""
+    return Path(study["baseline"]).is_dir()
+
+
+def _run_dir(study: dict[str, Any], out: Path, arm: str | None, seed: int | None) -> Path:
+    if arm is None:
+        return Path(study["baseline"]) if _baseline_is_run(study) else out / "baseline"
+    return out / arm / f"seed{seed}"
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -215,17 +234,21 @@ class _Job:
 
 def _jobs(study: dict[str, Any], out: Path) -> tuple[_Job, list[_Job]]:
     common = ["--run-dir"]
-    baseline = _Job("baseline", None, None, run_dir=_run_dir(out, None, None))
+    baseline = _Job("baseline", None, None, run_dir=_run_dir(study, out, None, None))
     threads = study["threads"]
-    baseline.argv = [
-        "fit",
-        study["baseline"],
-        *_override_strings(study["overrides"]),
-        *common,
-        str(baseline.run_dir),
-        f"trainer.num_threads={threads}",
-        "--no-progress",
-    ]
+    baseline.argv = (
+        []  # a finished run: evaluated, never trained
+        if _baseline_is_run(study)
+        else [
+            "fit",
+            study["baseline"],
+            *_override_strings(study["overrides"]),
+            *common,
+            str(baseline.run_dir),
+            f"trainer.num_threads={threads}",
+            "--no-progress",
+        ]
+    )
     finetunes = []
     per_run = max(1, threads // study["parallel"])
     # seed-major order: a study stopped early still holds complete seed pairs of every arm
@@ -235,7 +258,7 @@ def _jobs(study: dict[str, Any], out: Path) -> tuple[_Job, list[_Job]]:
             if i >= len(spec["seeds"]):
                 continue
             seed = spec["seeds"][i]
-            job = _Job(f"{arm}_seed{seed}", arm, seed, run_dir=_run_dir(out, arm, seed))
+            job = _Job(f"{arm}_seed{seed}", arm, seed, run_dir=_run_dir(study, out, arm, seed))
             job.argv = [
                 "finetune",
                 study["finetune"],
@@ -685,7 +708,7 @@ def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
         except StudyError as err:  # e.g. a run too short for a regression: the rest still counts
             print(f"arseg: warning: no trend for {arm}: {err}", file=sys.stderr)
     first = {arm: out / arm / f"seed{spec['seeds'][0]}" for arm, spec in arms.items()}
-    report_runs = [str(out / "baseline"), *(str(r) for r in first.values())]
+    report_runs = [str(_run_dir(study, out, None, None)), *(str(r) for r in first.values())]
     labels = ["CE baseline", *(f"{arms[a]['label']} (seed {arms[a]['seeds'][0]})" for a in arms)]
     _run_to_file(
         arseg_main,
@@ -744,7 +767,7 @@ def _table(
     from .provenance import provenance
 
     rows: dict[str, Any] = {}
-    base = _read_metrics(_eval_dir(out / "baseline", split, "best"))
+    base = _read_metrics(_eval_dir(_run_dir(study, out, None, None), split, "best"))
     for arm, spec in study["arms"].items():
         for checkpoint in ("best", "last"):
             metrics = [
