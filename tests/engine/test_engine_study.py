@@ -161,13 +161,16 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
     assert _run_metrics(out) == _run_metrics(reference_out)
 
 
-def test_study_refuses_other_settings_in_the_same_directory(finished_study, tmp_path) -> None:
+def test_study_refuses_other_settings_in_the_same_directory(
+    finished_study, tmp_path, capsys
+) -> None:
+    from arseg.cli import main
+
     _config, out, _ = finished_study
     other = _write_study(tmp_path / "cfg", n_boot=100)
-    proc = _study(other, out)
-    stdout = _finish(proc, timeout=300)
-    assert proc.returncode == 2
-    assert "n_boot" in stdout and "another --out" in stdout
+    assert main(["study", str(other), "--out", str(out)]) == 2  # before anything runs
+    err = capsys.readouterr().err
+    assert "n_boot" in err and "another --out" in err
 
 
 @pytest.mark.parametrize(

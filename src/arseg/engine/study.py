@@ -873,8 +873,12 @@ def _cmd_study(args: argparse.Namespace) -> int:
 
     try:
         run_study(args.config, args.out, eval_split=args.eval_split, data_root=args.data_root)
-    except (StudyError, *_expected_errors()) as err:
+    except StudyError as err:  # a refused config: no need to import the engine to say so
         return _fail(err)
+    except Exception as err:
+        if isinstance(err, _expected_errors()):
+            return _fail(err)
+        raise
     return 0
 
 
