@@ -316,3 +316,19 @@ def test_study_from_a_finished_run(finished_study, tmp_path) -> None:
     summary = json.loads((new / "summary_val.json").read_text())
     base = json.loads((out / "baseline" / "eval" / "val" / "metrics.json").read_text())
     assert summary["baseline"]["miou"] == base["miou"]
+
+
+@pytest.mark.parametrize("name", ["frozen_bn_study.yaml", "full_crop_study.yaml"])
+def test_camvid_studies_from_the_first_studys_baseline_resolve(tmp_path, name) -> None:
+    """Their baseline is a finished run that CI does not have: stand one in, resolve the rest."""
+    root = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "pretrained"
+    raw = yaml.safe_load((root / name).read_text())
+    assert raw["baseline"] == "../../../runs/studies/camvid_pretrained/baseline"
+    peak = tmp_path / "baseline"
+    (peak / "checkpoints").mkdir(parents=True)
+    (peak / "checkpoints" / "best.ckpt").write_bytes(b"")
+    (peak / "config.yaml").write_text((root / "baseline.yaml").read_text())
+    raw.update(baseline=str(peak), finetune=str(root / "finetune.yaml"))
+    (tmp_path / name).write_text(yaml.safe_dump(raw))
+    study = load_study_config(tmp_path / name)  # every arm's run config resolves
+    assert study["control"] == "ce" and all(len(a["seeds"]) >= 3 for a in study["arms"].values())
