@@ -34,9 +34,10 @@ it; its log is ``DIR/logs/<arm>_seed<k>.log``. A finished run is recorded in
 ``DIR/state/<job>.json`` and never run again: a killed study continues where it stopped (a run
 that was cut short resumes from its ``last.ckpt``). A config that only adds seeds to arms or
 new arms extends the study: its finished runs are kept and only the new ones train.
-``arseg study DIR --eval-split SPLIT [--data-root ROOT]`` evaluates every run of a finished study on a split without retraining
-(another split, e.g. a test split kept elsewhere, or the study's own after the evaluation code
-changed) and writes that split's comparisons, report and table.
+``arseg study DIR --eval-split SPLIT [--data-root ROOT]`` evaluates every run of a finished
+study on a split without retraining (another split, e.g. a test split kept elsewhere, or the
+study's own after the evaluation code changed) and writes that split's comparisons, report and
+table.
 
 Every run records what produced it (``provenance.json``: arseg version, git commit, torch version,
 threads); the study prints it with the final table. Same config, same threads: same numbers.
