@@ -289,13 +289,37 @@ def test_a_finished_run_as_baseline_is_fine_tuned_from_not_trained(tmp_path) -> 
     (peak / "checkpoints" / "best.ckpt").write_bytes(b"")  # what the study checks for
     study = load_study_config(config)
     assert study["baseline"] == str(peak.resolve())
-    baseline, finetunes = _jobs(study, tmp_path / "out")
-    assert baseline.argv == [] and baseline.run_dir == peak.resolve()  # evaluated, not trained
+    out = tmp_path / "out"
+    baseline, finetunes = _jobs(study, out)
+    # evaluated, not trained, through a view in the study's own folder
+    assert baseline.argv == [] and baseline.run_dir == out / "baseline"
     assert all(
-        job.argv[job.argv.index("--init-from") + 1] == str(peak.resolve()) for job in finetunes
+        job.argv[job.argv.index("--init-from") + 1] == str(out / "baseline") for job in finetunes
     )
-    cfg = _run_config(study, "ar", 1, tmp_path / "out")
-    assert cfg["init_from"] == str(peak.resolve()) and cfg["loss"]["lambda_ar"] == 0.1
+    cfg = _run_config(study, "ar", 1, out)
+    assert cfg["init_from"] == str(out / "baseline") and cfg["loss"]["lambda_ar"] == 0.1
+
+
+def test_a_finished_baseline_is_seen_through_links_and_never_written(tmp_path) -> None:
+    from arseg.engine.study import _prepare_baseline_view
+
+    peak = tmp_path / "given" / "peak"
+    (peak / "checkpoints").mkdir(parents=True)
+    write_config(peak, "config.yaml")
+    (peak / "checkpoints" / "best.ckpt").write_bytes(b"weights")
+    (peak / "summary.json").write_text("{}")
+    study = load_study_config(_write_study(tmp_path / "cfg", baseline=str(peak)))
+    before = sorted((p.relative_to(peak), p.stat().st_mtime_ns) for p in peak.rglob("*"))
+    out = tmp_path / "out"
+    _prepare_baseline_view(study, out)
+    _prepare_baseline_view(study, out)  # a continued study: the view is kept as it is
+    view = out / "baseline"
+    assert (view / "checkpoints" / "best.ckpt").read_bytes() == b"weights"
+    assert (view / "config.yaml").resolve() == (peak / "config.yaml").resolve()
+    assert not (view / "metrics.csv").exists()  # only what the run has is linked
+    (view / "eval" / "val").mkdir(parents=True)  # where the study evaluates it: its own folder
+    assert not (peak / "eval").exists()
+    assert sorted((p.relative_to(peak), p.stat().st_mtime_ns) for p in peak.rglob("*")) == before
 
 
 @pytest.mark.slow
@@ -307,15 +331,25 @@ def test_study_from_a_finished_run(finished_study, tmp_path) -> None:
         arms={k: {**v, "seeds": [1]} for k, v in ARMS.items()},
     )
     new = tmp_path / "out"
-    proc = _study(config, new)
-    stdout = _finish(proc, timeout=600)
+    given = out / "baseline"
+    before = sorted((p.relative_to(given), p.stat().st_mtime_ns) for p in given.rglob("*"))
+    modes = {p: p.stat().st_mode for p in [given, *given.rglob("*")] if p.is_dir()}
+    for p in modes:
+        p.chmod(0o555)  # given read-only, as a shared peak is
+    try:
+        proc = _study(config, new)
+        stdout = _finish(proc, timeout=600)
+    finally:
+        for p, mode in modes.items():
+            p.chmod(mode)
     assert proc.returncode == 0, stdout
-    assert not (new / "baseline").exists()
+    assert sorted((p.relative_to(given), p.stat().st_mtime_ns) for p in given.rglob("*")) == before
     ft = yaml.safe_load((new / "ar" / "seed1" / "config.yaml").read_text())
-    assert ft["init_from"] == str((out / "baseline").resolve())
+    assert ft["init_from"] == str(new / "baseline")
     summary = json.loads((new / "summary_val.json").read_text())
-    base = json.loads((out / "baseline" / "eval" / "val" / "metrics.json").read_text())
-    assert summary["baseline"]["miou"] == base["miou"]
+    base = json.loads((given / "eval" / "val" / "metrics.json").read_text())
+    ours = json.loads((new / "baseline" / "eval" / "val" / "metrics.json").read_text())
+    assert summary["baseline"]["miou"] == base["miou"] == ours["miou"]
 
 
 @pytest.mark.parametrize("name", ["frozen_bn_study.yaml", "full_crop_study.yaml"])

@@ -82,6 +82,9 @@ class SegmentationModule(L.LightningModule):
         self.model = build_model(
             mcfg["name"], num_classes=num_classes, pretrained=mcfg["pretrained"], **mcfg["options"]
         )
+        self.channels_last = bool(cfg["trainer"].get("channels_last", False))
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         if lcfg["class_weight"] is not None and len(lcfg["class_weight"]) != num_classes:
             raise ValueError(
                 f"loss.class_weight has {len(lcfg['class_weight'])} entries, the model {num_classes} classes"
@@ -106,6 +109,13 @@ class SegmentationModule(L.LightningModule):
     # ------------------------------------------------------------------ helpers
     def forward(self, x: Tensor) -> Any:
         return self.model(x)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Every stage's images (train, val, test, predict) in the model's memory format.
+        if self.channels_last and isinstance(batch, (tuple, list)) and batch:
+            images = batch[0].contiguous(memory_format=torch.channels_last)
+            return type(batch)([images, *batch[1:]])
+        return batch
 
     def train(self, mode: bool = True) -> SegmentationModule:
         super().train(mode)

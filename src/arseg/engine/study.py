@@ -219,8 +219,28 @@ def _baseline_is_run(study: dict[str, Any]) -> bool:
 
 def _run_dir(study: dict[str, Any], out: Path, arm: str | None, seed: int | None) -> Path:
     if arm is None:
-        return Path(study["baseline"]) if _baseline_is_run(study) else out / "baseline"
+        return out / "baseline"  # a finished baseline run is seen through a view there
     return out / arm / f"seed{seed}"
+
+
+# What a run directory given as the baseline lends the study: read through symlinks, so its
+# evaluation (and nothing else) is written into the study's own ``baseline`` folder and the
+# given folder may be read-only or someone else's.
+_BASELINE_VIEW = ("config.yaml", "summary.json", "metrics.csv", "provenance.json", "checkpoints")
+
+
+def _prepare_baseline_view(study: dict[str, Any], out: Path) -> None:
+    """``OUT/baseline`` of a study that starts from a finished run: symlinks to that run."""
+    source = Path(study["baseline"]).resolve()
+    view = out / "baseline"
+    view.mkdir(parents=True, exist_ok=True)
+    for name in _BASELINE_VIEW:
+        link = view / name
+        if (source / name).exists() and not link.is_symlink() and not link.exists():
+            link.symlink_to(source / name, target_is_directory=(source / name).is_dir())
+    if _state_path(out, _Job("baseline", None, None)).is_file() and not (view / "eval").exists():
+        # a study recorded before the view existed evaluated the baseline inside the run
+        (view / "eval").symlink_to(source / "eval", target_is_directory=True)
 
 
 # ----------------------------------------------------------------------------- jobs
@@ -591,6 +611,8 @@ def run_study(
         study = load_study_config(config)
         _prepare_out(study, config, out)
     out = Path(out).resolve()
+    if _baseline_is_run(study):
+        _prepare_baseline_view(study, out)
     baseline, finetunes = _jobs(study, out)
     split = eval_split or study["eval_split"]
     # With eval_split, every finished run is evaluated (again) on it, without training: another

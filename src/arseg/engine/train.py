@@ -65,6 +65,7 @@ from .config import (
     complete_config,
     dump_config,
     merge_config,
+    resolve_data_root,
     validate_config,
 )
 from .datamodule import SeedDataModule, build_eval_dataset
@@ -840,6 +841,12 @@ def _evaluate(
 ) -> dict[str, Any]:
     overrides = {"eval": eval_overrides or {}, "data": data_overrides or {}}
     cfg = merge_config(complete_config(cfg), overrides, source="the evaluation options")
+    if "root" not in overrides["data"]:
+        # A relative root stored in a run is relative to the run directory (a run handed over
+        # with its data beside it, possibly through a symlinked view), else to the current one.
+        real = path.resolve()
+        run = real.parent.parent if real.parent.name == "checkpoints" else real.parent
+        cfg["data"]["root"] = resolve_data_root(cfg["data"]["root"], run)
     _validate_eval_options(cfg)
     if not (math.isfinite(boundary_ratio) and boundary_ratio > 0):
         raise ValueError(f"the boundary ratio must be a positive number, got {boundary_ratio}")
