@@ -3,11 +3,19 @@
 __version__ = "0.1.0"
 
 _LOSS_EXPORTS = {
+    "AAFLoss",
     "ARLoss",
     "CEARLoss",
     "CEARLossOutput",
+    "DiceLoss",
+    "LovaszSoftmaxLoss",
+    "RMILoss",
+    "aaf_loss",
     "ar_loss",
+    "dice_loss",
     "label_affinity",
+    "lovasz_softmax_loss",
+    "rmi_loss",
     "sqrt_affinity",
 }
 
@@ -22,11 +30,19 @@ def __getattr__(name: str):
 
 
 __all__ = [
+    "AAFLoss",
     "ARLoss",
     "CEARLoss",
     "CEARLossOutput",
+    "DiceLoss",
+    "LovaszSoftmaxLoss",
+    "RMILoss",
     "__version__",
+    "aaf_loss",
     "ar_loss",
+    "dice_loss",
     "label_affinity",
+    "lovasz_softmax_loss",
+    "rmi_loss",
     "sqrt_affinity",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from ._checks import (
     check_batch,
@@ -27,7 +28,15 @@ from .affinity import (
 from .factorized import factorized_sq_sum
 from .sampling import normalize_scales, sample_positions
 
-__all__ = ["AUTO_EXPLICIT_MAX_POSITIONS", "KERNELS", "METHODS", "REDUCTIONS", "ar_loss"]
+__all__ = [
+    "AUTO_EXPLICIT_MAX_POSITIONS",
+    "BCE_EPS",
+    "KERNELS",
+    "METHODS",
+    "OBJECTIVES",
+    "REDUCTIONS",
+    "ar_loss",
+]
 
 #: ``method="auto"`` builds the explicit N x N matrices up to this many positions per image and
 #: switches to the factorized form above it. At N <= 1024 the explicit matrix is at most 4 MiB per
@@ -37,6 +46,18 @@ AUTO_EXPLICIT_MAX_POSITIONS = 1024
 
 REDUCTIONS = ("mean", "sum", "none")
 METHODS = ("auto", "explicit", "factorized")
+#: What AR regresses A onto M with: ``"mse"`` (the paper) or ``"bce"`` (an ablation).
+OBJECTIVES = ("mse", "bce")
+#: ``objective="bce"`` clamps A into [BCE_EPS, 1 - BCE_EPS] before the logs.
+BCE_EPS = 1e-6
+#: The blockwise BCE (``objective="bce"``, factorized method) builds row blocks of the pair
+#: matrices of at most this many elements (B * rows * N; 16 MiB per float32 buffer).
+BCE_BLOCK_ELEMENTS = 2**22
+
+
+def check_objective(objective: object) -> None:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
 
 
 def _explicit_sq_sum(s: Tensor, y_t: Tensor, weight: Tensor | None = None) -> Tensor:
@@ -45,6 +66,39 @@ def _explicit_sq_sum(s: Tensor, y_t: Tensor, weight: Tensor | None = None) -> Te
     if weight is not None:
         sq = sq * (weight.unsqueeze(2) * weight.unsqueeze(1))
     return sq.sum(dim=(1, 2))
+
+
+def _bce_rows(s: Tensor, y_t: Tensor, w: Tensor, start: int, stop: int) -> Tensor:
+    """sum over rows i in [start, stop) and all j of w_i w_j BCE(A_ij, M_ij), per image (B,)."""
+    a = s[:, :, start:stop].transpose(1, 2) @ s  # (B, rows, N)
+    m = y_t[:, :, start:stop].transpose(1, 2) @ y_t  # exactly 0 or 1
+    a = a.clamp(BCE_EPS, 1 - BCE_EPS)
+    bce = torch.where(m > 0.5, -torch.log(a), -torch.log1p(-a))
+    pair_w = w[:, start:stop].unsqueeze(2) * w.unsqueeze(1)
+    return (bce * pair_w).sum(dim=(1, 2))
+
+
+def _bce_sum(s: Tensor, y_t: Tensor, w: Tensor, blockwise: bool) -> Tensor:
+    """sum_ij w_i w_j BCE(A_ij, M_ij) per image; w (B, N) is 0 at invalid positions.
+
+    Explicit: one block, the (B, N, N) matrices. Blockwise: row blocks of at most
+    :data:`BCE_BLOCK_ELEMENTS` elements, each recomputed in the backward pass
+    (``torch.utils.checkpoint``), so no (B, N, N) buffer ever exists; the value is the same sum.
+    """
+    batch, _, n = s.shape
+    if not blockwise:
+        return _bce_rows(s, y_t, w, 0, n)
+    rows = max(1, BCE_BLOCK_ELEMENTS // max(1, batch * n))
+    recompute = torch.is_grad_enabled() and s.requires_grad
+    total = s.new_zeros(batch)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        if recompute:
+            part = checkpoint(_bce_rows, s, y_t, w, start, stop, use_reentrant=False)
+        else:
+            part = _bce_rows(s, y_t, w, start, stop)
+        total = total + part
+    return total
 
 
 def ar_loss(
@@ -57,6 +111,7 @@ def ar_loss(
     method: str = "auto",
     kernel: str = "sqrt",
     weight: Tensor | None = None,
+    objective: str = "mse",
 ) -> Tensor:
     r"""Affinity Regression (AR) loss of Cao & Yang, "Use square root affinity to regress labels".
 
@@ -75,6 +130,11 @@ def ar_loss(
     valid positions (all ones: the unweighted loss exactly; a zero removes the position exactly
     as ``ignore_index`` does). ``kernel="linear"`` replaces
     ``S`` by the softmax ``P`` itself (``A = P^T P``, the ablation the paper argues against).
+    ``objective="bce"`` replaces the squared error by the binary cross-entropy of A against M,
+    ``-M_ij log A_ij - (1 - M_ij) log(1 - A_ij)`` with A clamped into ``[1e-6, 1 - 1e-6]``
+    (:data:`BCE_EPS`) in float32, averaged with exactly the same pair weights, ignore rule and
+    reduction (an ablation: the paper argues for *regressing* the affinity; Context Prior uses
+    BCE for its prior map). Its minimum is about ``1e-6`` (the clamp), not 0.
 
     Args:
         logits: (B, C, h, w) float16, bfloat16, float32 or float64 class scores (before softmax).
@@ -94,10 +154,15 @@ def ar_loss(
         method: ``"explicit"`` builds the (B, N, N) matrices; ``"factorized"`` computes the same
             value from C x C products (O(N C^2) time, O(C^2) extra memory, any N); ``"auto"``
             picks explicit for N <= ``AUTO_EXPLICIT_MAX_POSITIONS`` (1024), factorized above.
+            With ``objective="bce"`` (whose log has no factorised form) "factorized" is an exact
+            blockwise computation instead: row blocks of the pair matrices, recomputed in the
+            backward pass, never a (B, N, N) buffer (O(N^2 C) time, O(N) memory per row).
         kernel: ``"sqrt"`` (default, the paper: ``A = sqrt(P)^T sqrt(P)``) or ``"linear"``
             (``A = P^T P``); both methods support both.
         weight: optional (B, H, W) or (B, 1, H, W) per-pixel weights >= 0 at the target's
             resolution (e.g. mmsegmentation's OHEM ``seg_weight``).
+        objective: ``"mse"`` (default, the paper) or ``"bce"`` (see above); both methods and
+            kernels support both.
 
     Returns:
         Scalar (or (B,) for ``"none"``) float32 tensor; float64 if the logits are float64. The
@@ -107,8 +172,9 @@ def ar_loss(
     Raises:
         TypeError: non-tensor inputs, non-float logits, a floating-point (or bool) target.
         ValueError: wrong ranks, batch mismatch, a label outside [0, C) that is not
-            ``ignore_index``, non-positive scales, unknown ``reduction``, ``method`` or
-            ``kernel``, a weight map of another shape or with negative / non-finite values.
+            ``ignore_index``, non-positive scales, unknown ``reduction``, ``method``,
+            ``kernel`` or ``objective``, a weight map of another shape or with negative /
+            non-finite values.
 
     Under ``torch.compile`` the label-range and weight-value checks run inside the graph
     (``torch._assert_async``, no graph break): on CPU a bad label raises ``RuntimeError`` with the
@@ -137,6 +203,7 @@ def ar_loss(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_kernel(kernel)
+    check_objective(objective)
     grids = normalize_scales(scales)
     num_classes = logits.shape[1]
     check_label_values(target, num_classes, ignore_index)
@@ -156,7 +223,12 @@ def ar_loss(
         valid = valid & (w > 0)  # weight 0: removed exactly as an ignored position
         w = torch.where(valid, w, torch.zeros_like(w))
     with torch.autocast(logits.device.type, enabled=False):
-        if method == "explicit":
+        if objective == "bce":
+            s = kernel_features(sampled, kernel) * valid.unsqueeze(1).to(dtype)
+            y_t = one_hot_t(labels, valid, num_classes, dtype)
+            pair_w = valid.to(dtype) if w is None else w
+            sq_sum = _bce_sum(s, y_t, pair_w, blockwise=method == "factorized")
+        elif method == "explicit":
             s = kernel_features(sampled, kernel)
             y_t = one_hot_t(labels, valid, num_classes, dtype)
             sq_sum = _explicit_sq_sum(s * valid.unsqueeze(1).to(dtype), y_t, w)

@@ -21,17 +21,23 @@ from ._checks import (
     label_map,
 )
 from .affinity import ScalesArg, check_kernel, compute_dtype
-from .functional import METHODS, REDUCTIONS, ar_loss
+from .functional import METHODS, REDUCTIONS, ar_loss, check_objective
 from .sampling import normalize_scales
 
 __all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
 
 
 def _check_options(
-    scales: ScalesArg, ignore_index: int, reduction: str, method: str, kernel: str
+    scales: ScalesArg,
+    ignore_index: int,
+    reduction: str,
+    method: str,
+    kernel: str,
+    objective: str = "mse",
 ) -> None:
     normalize_scales(scales)
     check_kernel(kernel)
+    check_objective(objective)
     check_ignore_index(ignore_index)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -49,6 +55,8 @@ class ARLoss(nn.Module):
         reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
         method: ``"auto"`` | ``"explicit"`` | ``"factorized"``.
         kernel: ``"sqrt"`` (the paper) | ``"linear"`` (``A = P^T P``, an ablation).
+        objective: ``"mse"`` (the paper) | ``"bce"`` (binary cross-entropy of A against M, an
+            ablation; see :func:`~arseg.losses.ar_loss`).
         loss_weight: factor applied to the result (mmsegmentation convention; the paper uses
             0.1 next to a CE loss of weight 1).
         loss_name: key under which mmsegmentation logs it; must start with ``loss_`` to be
@@ -100,9 +108,10 @@ class ARLoss(nn.Module):
         loss_weight: float = 1.0,
         loss_name: str = "loss_ar",
         kernel: str = "sqrt",
+        objective: str = "mse",
     ) -> None:
         super().__init__()
-        _check_options(scales, ignore_index, reduction, method, kernel)
+        _check_options(scales, ignore_index, reduction, method, kernel, objective)
         if not isinstance(loss_name, str) or not loss_name:
             raise ValueError(f"loss_name must be a non-empty string, got {loss_name!r}")
         self.scales = scales
@@ -110,6 +119,7 @@ class ARLoss(nn.Module):
         self.reduction = reduction
         self.method = method
         self.kernel = kernel
+        self.objective = objective
         self.loss_weight = float(loss_weight)
         self._loss_name = loss_name
 
@@ -158,6 +168,7 @@ class ARLoss(nn.Module):
             method=self.method,
             kernel=self.kernel,
             weight=weight,
+            objective=self.objective,
         )
         return loss * self.loss_weight if self.loss_weight != 1.0 else loss
 
@@ -165,7 +176,7 @@ class ARLoss(nn.Module):
         return (
             f"scales={self.scales}, ignore_index={self.ignore_index}, "
             f"reduction={self.reduction!r}, method={self.method!r}, kernel={self.kernel!r}, "
-            f"loss_weight={self.loss_weight}"
+            f"objective={self.objective!r}, loss_weight={self.loss_weight}"
         )
 
 
@@ -193,6 +204,7 @@ class CEARLoss(nn.Module):
         scales: AR grid sizes (default ``(12, 6)``) or ``None`` for full resolution.
         method: AR method, ``"auto"`` | ``"explicit"`` | ``"factorized"``.
         kernel: AR affinity kernel, ``"sqrt"`` (the paper) | ``"linear"``.
+        objective: AR objective, ``"mse"`` (the paper) | ``"bce"`` (an ablation).
         align_corners: convention of the CE resize (the model's ``align_corners``; default
             ``False``, ``True`` for semseg's PSPNet and ICNet).
 
@@ -221,9 +233,10 @@ class CEARLoss(nn.Module):
         method: str = "auto",
         kernel: str = "sqrt",
         align_corners: bool = False,
+        objective: str = "mse",
     ) -> None:
         super().__init__()
-        _check_options(scales, ignore_index, "mean", method, kernel)
+        _check_options(scales, ignore_index, "mean", method, kernel, objective)
         if not isinstance(align_corners, bool):
             raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
         self.align_corners = align_corners
@@ -234,6 +247,7 @@ class CEARLoss(nn.Module):
         self.scales = scales
         self.method = method
         self.kernel = kernel
+        self.objective = objective
         if class_weight is not None:
             class_weight = torch.as_tensor(class_weight, dtype=torch.float32)
             if class_weight.ndim != 1:
@@ -304,6 +318,7 @@ class CEARLoss(nn.Module):
             ignore_index=self.ignore_index,
             method=self.method,
             kernel=self.kernel,
+            objective=self.objective,
         )
         ce = self.cross_entropy(logits, target)
         return CEARLossOutput(ce + self.lambda_ar * ar, ce, ar)
@@ -312,5 +327,6 @@ class CEARLoss(nn.Module):
         return (
             f"lambda_ar={self.lambda_ar}, ignore_index={self.ignore_index}, "
             f"scales={self.scales}, method={self.method!r}, kernel={self.kernel!r}, "
+            f"objective={self.objective!r}, "
             f"class_weight={'None' if self.class_weight is None else tuple(self.class_weight.shape)}"
         )

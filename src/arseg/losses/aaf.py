@@ -1,0 +1,270 @@
+"""Affinity field loss of AAF (Ke, Hwang, Liu & Yu, ECCV 2018) with fixed class weights.
+
+Written from the paper and the authors' TensorFlow code (``network/aaf/losses.py``,
+``adaptive_affinity_loss``), without its adversarially learned weights: the class weights are
+fixed (default all ones). What is kept from the reference:
+
+* pairs: each pixel and its 8 neighbours at distance ``size`` (the corners and edge midpoints of
+  a (2 size + 1)^2 patch), for every size in ``sizes`` (1, 2, 3: 3x3, 5x5, 7x7);
+* per class c a *binary* KL divergence between the neighbour's and the centre's probability of c,
+  ``KL(q || p) = q log(q / p) + (1 - q) log((1 - q) / (1 - p))``, with ``p``, ``q``, ``1 - p``,
+  ``1 - q`` each clipped to [1e-4, 1] before the log;
+* an element (pair, class) is an *edge* when exactly one of the two pixels has label c; non-edge
+  elements add ``KL``, edge elements ``max(0, margin - KL)``;
+* per size, the mean over the edge elements plus the mean over the non-edge elements (the
+  reference's ``reduce_mean`` of each, with weights 1 for both), summed over the sizes;
+* a class weight chosen by the label of the centre pixel, multiplying both kinds of element,
+  the means still over element counts;
+* pairs with an unlabelled pixel, or with a neighbour outside the image, are dropped.
+
+Differences, all deliberate: the reference's mask of ignored pairs also drops the pair (i, i + d)
+when the pixel i - d on the other side is unlabelled or outside the image (a side effect of
+building the mask "bi-directionally"); here only pairs that *touch* such a pixel are dropped. A
+mean over an empty set of elements is 0 here (the reference gives NaN, AAF#14). The reference
+pools the means over its batch; here each image has its own means and ``reduction`` combines
+the images (the authors' VOC run used batch 1 with 10 accumulated iterations, i.e. the mean of
+per-image values). The learned weights of AAF start at 1/3 per size (a softmax over the three
+sizes); ``class_weights`` of 1/3 give that starting point.
+
+**Decay.** The authors multiply the loss by ``10 ** (-step / num_steps)`` and say the decay is
+necessary (AAF#6). That is the engine's ``lambda_schedule: exp`` with ``lambda_final_ratio: 0.1``
+(weight ``w * 0.1 ** (step / total_steps)``, see :mod:`arseg.losses.schedule`), e.g.
+``loss.terms: {aaf: {weight: 1.0, schedule: exp, final_ratio: 0.1}}``; this function has no
+step and applies no decay itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_ignore_index
+from ._dense import check_number, check_reduction, dense_inputs, one_hot_valid, reduce_images
+
+__all__ = ["AAFLoss", "aaf_loss"]
+
+#: Probabilities (and their complements) are clipped to [PROB_CLIP, 1] before the log (reference).
+PROB_CLIP = 1e-4
+
+
+def check_aaf_options(sizes: object, margin: object, class_weights: object) -> tuple[int, ...]:
+    """Validate AAF's options; returns the sizes as a tuple of ints.
+
+    ``sizes``: an int >= 1 or a non-empty sequence of distinct ints >= 1; ``margin``: a finite
+    number >= 0; ``class_weights``: ``None`` or a 1-D sequence / tensor of finite numbers >= 0
+    (its length is checked against the logits' classes at call time).
+    """
+    if isinstance(sizes, int) and not isinstance(sizes, bool):
+        sizes = (sizes,)
+    if (
+        not isinstance(sizes, Sequence)
+        or isinstance(sizes, str)
+        or len(sizes) == 0
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes)
+        or len(set(sizes)) != len(sizes)
+    ):
+        raise ValueError(f"sizes must be distinct ints >= 1, e.g. (1, 2, 3), got {sizes!r}")
+    check_number(margin, "margin", low=0.0)
+    if class_weights is not None:
+        _class_weight_tensor(class_weights)
+    return tuple(sizes)
+
+
+def _class_weight_tensor(class_weights: object) -> Tensor:
+    try:
+        weights = torch.as_tensor(class_weights, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(
+            f"class_weights must be None or a sequence of numbers, got {class_weights!r}"
+        ) from None
+    if weights.ndim != 1 or weights.numel() == 0:
+        raise ValueError(f"class_weights must be 1-D (C,), got shape {tuple(weights.shape)}")
+    if not bool((torch.isfinite(weights) & (weights >= 0)).all()):
+        raise ValueError(f"class_weights must be finite and >= 0, got {weights.tolist()}")
+    return weights
+
+
+def _pair_slices(height: int, width: int, dy: int, dx: int) -> tuple[tuple[slice, slice], ...]:
+    """Slices (centre, neighbour) of all in-image pairs (i, i + (dy, dx)), dy >= 0."""
+    rows_c, rows_n = slice(0, height - dy), slice(dy, height)
+    if dx >= 0:
+        cols_c, cols_n = slice(0, width - dx), slice(dx, width)
+    else:
+        cols_c, cols_n = slice(-dx, width), slice(0, width + dx)
+    return (rows_c, cols_c), (rows_n, cols_n)
+
+
+def aaf_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = 255,
+    reduction: str = "mean",
+    sizes: int | Sequence[int] = (1, 2, 3),
+    margin: float = 3.0,
+    class_weights: Sequence[float] | Tensor | None = None,
+) -> Tensor:
+    r"""Affinity field loss of AAF with fixed class weights (see the module for the details).
+
+    Per image and per size s, over the ordered pairs (i, j) with j one of the 8 neighbours of i
+    at distance s (both labelled, j inside the image) and the classes c, with ``p`` the clipped
+    softmax and ``w`` the class weight of i's label,
+
+    .. math::
+        \mathrm{KL}_{ijc} = p_{jc} \log\frac{p_{jc}}{p_{ic}}
+            + \bar p_{jc} \log\frac{\bar p_{jc}}{\bar p_{ic}}, \qquad
+        \ell_s = \frac{\sum_{E} w \max(0, m - \mathrm{KL})}{|E|}
+            + \frac{\sum_{\bar E} w\, \mathrm{KL}}{|\bar E|}
+
+    with E the edge elements ([L_i = c] != [L_j = c]), Ē the others, ``m = margin`` and
+    ``p̄ = clip(1 - p)``; the image's loss is ``sum_s l_s``. Each unordered pair enters in both
+    directions (the KL is not symmetric).
+
+    Args:
+        logits: (B, C, H, W) float16 / bfloat16 / float32 / float64 class scores, at the
+            target's size (upsample them first; a mismatch is a ``ValueError``). C = 1 (a
+            sigmoid map ``z``) is the two-class distribution ``(1 - sigmoid(z), sigmoid(z))``.
+        target: (B, H, W) or (B, 1, H, W) integer labels in [0, C) or ``ignore_index``.
+        ignore_index: label of unlabelled pixels; pairs touching one are dropped.
+        reduction: ``"mean"`` (over the images with at least one pair), ``"sum"`` or ``"none"``
+            ((B,), 0 for an image without pairs).
+        sizes: neighbour distances (default ``(1, 2, 3)``, the paper's).
+        margin: the edge hinge ``m`` (default 3.0, the authors').
+        class_weights: optional (C,) weights >= 0 by the centre pixel's class (default all 1).
+
+    Returns:
+        Scalar (or (B,) for ``"none"``) float32 tensor; float64 for float64 logits. Computed in
+        that precision with autocast disabled. Without any pair of labelled pixels the result is
+        0, attached to the graph (zero gradients, no NaN). Decay its weight with the engine's
+        ``exp`` schedule, ``final_ratio: 0.1`` (the authors' ``10 ** (-step / num_steps)``).
+
+    Raises:
+        TypeError: non-tensor inputs, non-float logits, a float target, non-numeric options.
+        ValueError: wrong ranks or sizes, labels outside [0, C) other than ``ignore_index``, bad
+            ``sizes`` / ``margin`` / ``class_weights`` (or a length other than C), an unknown
+            ``reduction``.
+
+    Example:
+        >>> logits = torch.randn(2, 5, 32, 32, requires_grad=True)
+        >>> target = torch.randint(0, 5, (2, 32, 32))
+        >>> target[:, :4] = 255                        # ignored rows: their pairs are dropped
+        >>> loss = aaf_loss(logits, target)
+        >>> loss.backward()
+        >>> aaf_loss(logits, target, sizes=(1,), reduction="none").shape
+        torch.Size([2])
+    """
+    sizes = check_aaf_options(sizes, margin, class_weights)
+    z, labels, valid = dense_inputs(logits, target, ignore_index, reduction, loss="aaf_loss")
+    batch, num_classes, height, width = z.shape
+    dtype = z.dtype
+    if class_weights is not None:
+        weights = _class_weight_tensor(class_weights)
+        if weights.numel() != num_classes:
+            raise ValueError(
+                f"class_weights has {weights.numel()} entries but the logits have "
+                f"{num_classes} classes"
+            )
+        weights = weights.to(device=z.device, dtype=dtype)
+    margin = float(margin)
+    with torch.autocast(z.device.type, enabled=False):
+        p = F.softmax(z, dim=1)
+        q = p.clamp(PROB_CLIP, 1.0)
+        q_bar = (1 - p).clamp(PROB_CLIP, 1.0)
+        log_q, log_q_bar = q.log(), q_bar.log()
+        onehot = one_hot_valid(labels, valid, num_classes, torch.bool)
+        pixel_weight = valid.to(dtype) if class_weights is None else weights[labels] * valid
+        total = z.new_zeros(batch) + 0 * z.sum()  # attached to the graph even without pairs
+        has_pairs = torch.zeros(batch, dtype=torch.bool, device=z.device)
+        for size in sizes:
+            edge_sum = z.new_zeros(batch)
+            flat_sum = z.new_zeros(batch)
+            edge_count = torch.zeros(batch, dtype=torch.int64, device=z.device)
+            flat_count = torch.zeros_like(edge_count)
+            # 4 offsets; each also serves its opposite by swapping the roles of the two pixels.
+            for dy, dx in ((0, size), (size, 0), (size, size), (size, -size)):
+                if dy >= height or abs(dx) >= width:
+                    continue  # no pair at this offset inside the image
+                a, b = _pair_slices(height, width, dy, dx)
+                pair = (valid[:, a[0], a[1]] & valid[:, b[0], b[1]]).unsqueeze(1)  # (B,1,h,w)
+                edge = (onehot[:, :, a[0], a[1]] ^ onehot[:, :, b[0], b[1]]) & pair
+                flat = ~edge & pair
+                qa, qb = q[:, :, a[0], a[1]], q[:, :, b[0], b[1]]
+                qa_bar, qb_bar = q_bar[:, :, a[0], a[1]], q_bar[:, :, b[0], b[1]]
+                diff = log_q[:, :, b[0], b[1]] - log_q[:, :, a[0], a[1]]
+                diff_bar = log_q_bar[:, :, b[0], b[1]] - log_q_bar[:, :, a[0], a[1]]
+                for kl, centre in (
+                    (qb * diff + qb_bar * diff_bar, a),  # centre a, neighbour b: KL(b || a)
+                    (-(qa * diff + qa_bar * diff_bar), b),  # centre b, neighbour a: KL(a || b)
+                ):
+                    w = pixel_weight[:, centre[0], centre[1]].unsqueeze(1)
+                    edge_sum = edge_sum + ((margin - kl).clamp(min=0) * w * edge).sum(dim=(1, 2, 3))
+                    flat_sum = flat_sum + (kl * w * flat).sum(dim=(1, 2, 3))
+                edge_count += 2 * edge.sum(dim=(1, 2, 3))
+                flat_count += 2 * flat.sum(dim=(1, 2, 3))
+            total = total + edge_sum / edge_count.clamp(min=1).to(dtype)
+            total = total + flat_sum / flat_count.clamp(min=1).to(dtype)
+            has_pairs |= (edge_count + flat_count) > 0
+        return reduce_images(total, has_pairs, reduction)
+
+
+class AAFLoss(nn.Module):
+    """AAF's affinity field loss as a module; see :func:`arseg.losses.aaf_loss`.
+
+    Decay its weight outside (the engine: ``schedule: exp, final_ratio: 0.1``).
+
+    Args:
+        ignore_index: label of unlabelled pixels (default 255).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        sizes: neighbour distances (default ``(1, 2, 3)``).
+        margin: edge hinge (default 3.0).
+        class_weights: optional (C,) weights by the centre pixel's class.
+
+    Shape:
+        - logits: (B, C, H, W) float, at the target's size; target: (B, H, W) or (B, 1, H, W).
+        - output: scalar float32 ((B,) for ``reduction="none"``).
+
+    Example:
+        >>> criterion = AAFLoss(sizes=(1, 2))
+        >>> loss = criterion(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        sizes: int | Sequence[int] = (1, 2, 3),
+        margin: float = 3.0,
+        class_weights: Sequence[float] | Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        check_ignore_index(ignore_index)
+        check_reduction(reduction)
+        self.sizes = check_aaf_options(sizes, margin, class_weights)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.margin = float(margin)
+        weights = None if class_weights is None else _class_weight_tensor(class_weights).float()
+        self.register_buffer("class_weights", weights)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return aaf_loss(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            sizes=self.sizes,
+            margin=self.margin,
+            class_weights=self.class_weights,
+        )
+
+    def extra_repr(self) -> str:
+        weights = "None" if self.class_weights is None else tuple(self.class_weights.shape)
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"sizes={self.sizes}, margin={self.margin}, class_weights={weights}"
+        )

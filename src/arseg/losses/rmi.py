@@ -1,0 +1,266 @@
+"""Region Mutual Information loss (Zhao, Li, Wang & Yang, NeurIPS 2019), sigmoid variant.
+
+As the default forward of the authors' code (ZJULearning/RMI ``losses/rmi/rmi.py``,
+``forward_sigmoid``) defines it, written from that definition:
+
+* **BCE part**: per-class binary cross-entropy with logits against the one-hot labels, summed
+  over the classes, averaged over the labelled pixels.
+* **RMI part**: labels (one-hot, zero at unlabelled pixels) and probabilities
+  (``sigmoid(z)``, set to 0 at unlabelled pixels, plus 1e-6) are max-pooled (``pool_size``,
+  stride ``pool_stride``, padding ``pool_size // 2``; no pooling for stride 1); each class map
+  gives ``radius^2``-dimensional region vectors (every ``radius x radius`` window, no padding);
+  with ``Y``, ``P`` the centred vectors of one class and image (d x n, d = radius^2),
+  ``Sigma = Y Y^T - Y P^T (P P^T + eps I)^{-1} P Y^T`` (the posterior covariance of Y given
+  P, unnormalised) and the class's term is ``0.5 log det(Sigma + eps I)``; the terms are
+  averaged over the images, summed over the classes and divided by ``radius^2``.
+* **Combined** as ``bce_weight * BCE + (1 - bce_weight) * RMI`` (``loss_weight_lambda=0.5,
+  lambda_way=1``).
+
+The RMI part is an upper bound of the conditional entropy, up to constants: it is *not*
+bounded below by 0 (a perfect prediction gives about ``0.5 C log(eps)``, negative).
+
+**Precision.** The reference computes the covariances and the log-determinant in float64 on
+CUDA only. ``Sigma`` is a difference of two matrices that both grow with the number of region
+vectors and nearly cancel when the prediction explains the labels, so in float32 the
+textbook formula loses most digits right where the loss is small. Here it is computed in
+float32 (float64 for float64 logits) in a form with no cancellation: with
+``B = Y P^T (P P^T + eps I)^{-1}`` (one Cholesky solve) and the regression residual
+``E = Y - B P``, exactly
+
+    Sigma + eps I = E E^T + eps (B B^T + I),
+
+a sum of positive semi-definite terms built from the data, whose smallest eigenvalue is at
+least eps; and since B minimises the right-hand side, a rounding error in B changes it only to
+second order. The log-determinant is then ``2 sum log diag(cholesky(.))``. It runs on any
+device.
+
+Other differences from the reference: it divides the BCE sum by the number of labelled pixels
+(the reference by that number + 1, a zero-division guard); it takes ``log`` of the Cholesky
+diagonal without the reference's ``+ 1e-8``; images without labelled pixels are left out of the
+mean (the reference averages a constant for them). With ``reduction="mean"`` the BCE part is the
+mean over all the labelled pixels of the batch, as in the reference, so it equals the mean of
+the per-image values (``"none"``) only when the images have as many labelled pixels.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_ignore_index
+from ._dense import check_number, check_reduction, dense_inputs, one_hot_valid
+
+__all__ = ["RMILoss", "rmi_loss"]
+
+#: Added to the (masked) sigmoid probabilities before pooling, as the reference's ``_CLIP_MIN``.
+PROB_FLOOR = 1e-6
+
+
+def check_rmi_options(
+    radius: object, pool_size: object, pool_stride: object, bce_weight: object, eps: object
+) -> None:
+    """Raise for options RMI cannot run with (ints >= 1, ``bce_weight`` in [0, 1], eps > 0)."""
+    for name, value in (("radius", radius), ("pool_size", pool_size), ("pool_stride", pool_stride)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value!r}")
+    check_number(bce_weight, "bce_weight", low=0.0, high=1.0)
+    check_number(eps, "eps", low=0.0, low_open=True)
+
+
+def _pooled_size(size: int, pool_size: int, pool_stride: int) -> int:
+    if pool_stride == 1:
+        return size
+    return (size + 2 * (pool_size // 2) - pool_size) // pool_stride + 1
+
+
+def rmi_lower_bound(labels: Tensor, probs: Tensor, radius: int, eps: float) -> Tensor:
+    """``0.5 log det(Sigma + eps I)`` per image and class of (pooled) maps; (B, C).
+
+    Args:
+        labels: (B, C, h, w) label maps (no gradient needed).
+        probs: (B, C, h, w) probability maps, same dtype (float32 or float64).
+        radius: side of the square region; h, w >= radius.
+        eps: added to the diagonals.
+    """
+    batch, num_classes = labels.shape[:2]
+    d = radius * radius
+    # (B, C * d, n) -> (B, C, d, n): row k = offset (k // radius, k % radius) in the window.
+    y = F.unfold(labels, kernel_size=radius).view(batch, num_classes, d, -1)
+    p = F.unfold(probs, kernel_size=radius).view(batch, num_classes, d, -1)
+    y = y - y.mean(dim=-1, keepdim=True)
+    p = p - p.mean(dim=-1, keepdim=True)
+    eye = torch.eye(d, dtype=p.dtype, device=p.device)
+    pp = p @ p.transpose(-1, -2) + eps * eye  # P P^T + eps I
+    yp = y @ p.transpose(-1, -2)  # Y P^T
+    # B = Y P^T (P P^T + eps I)^-1, i.e. B^T = (P P^T + eps I)^-1 P Y^T (symmetric pp).
+    b = torch.cholesky_solve(yp.transpose(-1, -2), torch.linalg.cholesky(pp)).transpose(-1, -2)
+    e = y - b @ p
+    sigma = e @ e.transpose(-1, -2) + eps * (b @ b.transpose(-1, -2) + eye)
+    chol = torch.linalg.cholesky(sigma)
+    return chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)  # 0.5 * 2 * sum log diag
+
+
+def rmi_loss(
+    logits: Tensor,
+    target: Tensor,
+    *,
+    ignore_index: int = 255,
+    reduction: str = "mean",
+    radius: int = 3,
+    pool_size: int = 3,
+    pool_stride: int = 3,
+    bce_weight: float = 0.5,
+    eps: float = 5e-4,
+) -> Tensor:
+    r"""Region Mutual Information loss, the reference's sigmoid variant (see the module).
+
+    ``loss = bce_weight * BCE + (1 - bce_weight) * RMI`` with BCE the per-class sigmoid
+    cross-entropy (summed over classes, mean over labelled pixels) and RMI the lower-bound term
+    ``sum_c mean_images 0.5 log det(Sigma_c + eps I) / radius^2`` on max-pooled maps.
+    Unlabelled pixels count as 0 in both the one-hot labels and the probabilities (as the
+    reference), so their logits do not change the loss.
+
+    Args:
+        logits: (B, C, H, W) float16 / bfloat16 / float32 / float64 class scores, one sigmoid
+            per class, at the target's size (upsample them first; a mismatch is a
+            ``ValueError``). C = 1 is a binary map: labels 0 / 1, the channel is class 1's.
+        target: (B, H, W) or (B, 1, H, W) integer labels in [0, C) (C = 1: [0, 1]) or
+            ``ignore_index``.
+        ignore_index: label of unlabelled pixels.
+        reduction: ``"mean"`` (BCE over the labelled pixels of the batch, RMI over the images
+            with some, as the reference), ``"sum"`` (of the per-image values) or ``"none"``
+            ((B,) per image, BCE over the image's labelled pixels; 0 for an image without any).
+        radius: side of the square regions (default 3: 9-dimensional vectors).
+        pool_size, pool_stride: max-pooling before the regions (default 3, 3); the pooled map
+            must have at least ``radius`` rows and columns.
+        bce_weight: weight of the BCE part, ``1 - bce_weight`` for RMI (default 0.5).
+        eps: added to the covariance diagonals (default 5e-4).
+
+    Returns:
+        Scalar (or (B,) for ``"none"``) float32 tensor; float64 for float64 logits. Computed in
+        that precision with autocast disabled. Without any labelled pixel the result is 0,
+        attached to the graph (zero gradients, no NaN).
+
+    Raises:
+        TypeError: non-tensor inputs, non-float logits, a float target, non-numeric options.
+        ValueError: wrong ranks or sizes, an image too small for the regions after pooling,
+            labels outside [0, C) other than ``ignore_index``, bad options, an unknown
+            ``reduction``.
+
+    Example:
+        >>> logits = torch.randn(2, 5, 48, 48, requires_grad=True)
+        >>> target = torch.randint(0, 5, (2, 48, 48))
+        >>> target[:, :6] = 255                        # ignored rows
+        >>> loss = rmi_loss(logits, target)            # pooled to 16 x 16, 3 x 3 regions
+        >>> loss.backward()
+        >>> rmi_loss(logits, target, reduction="none").shape
+        torch.Size([2])
+    """
+    check_rmi_options(radius, pool_size, pool_stride, bce_weight, eps)
+    z, labels, valid = dense_inputs(
+        logits, target, ignore_index, reduction, loss="rmi_loss", two_class_sigmoid=False
+    )
+    num_classes, height, width = z.shape[1:]  # labels checked against [0, max(C, 2))
+    pooled = (
+        _pooled_size(height, pool_size, pool_stride),
+        _pooled_size(width, pool_size, pool_stride),
+    )
+    if min(pooled) < radius:
+        raise ValueError(
+            f"rmi_loss needs at least radius={radius} rows and columns after pooling "
+            f"(pool_size={pool_size}, pool_stride={pool_stride}), got {pooled} from "
+            f"(H, W) = {(height, width)}"
+        )
+    dtype = z.dtype
+    bce_weight, eps = float(bce_weight), float(eps)
+    with torch.autocast(z.device.type, enabled=False):
+        mask = valid.unsqueeze(1).to(dtype)
+        if num_classes == 1:
+            y = ((labels == 1) & valid).unsqueeze(1).to(dtype)
+        else:
+            y = one_hot_valid(labels, valid, num_classes, dtype)
+        bce = F.binary_cross_entropy_with_logits(z, y, reduction="none") * mask
+        bce_sum = bce.sum(dim=(1, 2, 3))  # (B,)
+        n_valid = valid.sum(dim=(1, 2)).to(dtype)
+        probs = torch.sigmoid(z) * mask + PROB_FLOOR
+        if pool_stride > 1:
+            pool = {"kernel_size": pool_size, "stride": pool_stride, "padding": pool_size // 2}
+            y, probs = F.max_pool2d(y, **pool), F.max_pool2d(probs, **pool)
+        rmi = rmi_lower_bound(y, probs, radius, eps).sum(dim=1) / (radius * radius)  # (B,)
+        counted = n_valid > 0
+        keep = counted.to(dtype)
+        if reduction == "mean":
+            bce_mean = bce_sum.sum() / n_valid.sum().clamp(min=1)
+            rmi_mean = (rmi * keep).sum() / keep.sum().clamp(min=1)
+            return bce_weight * bce_mean + (1 - bce_weight) * rmi_mean
+        per_image = bce_weight * bce_sum / n_valid.clamp(min=1) + (1 - bce_weight) * rmi
+        per_image = per_image * keep
+        return per_image if reduction == "none" else per_image.sum()
+
+
+class RMILoss(nn.Module):
+    """RMI loss (sigmoid variant) as a module; see :func:`arseg.losses.rmi_loss`.
+
+    Args:
+        ignore_index: label of unlabelled pixels (default 255).
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"``.
+        radius: region side (default 3).
+        pool_size, pool_stride: max-pooling before the regions (default 3, 3).
+        bce_weight: weight of the BCE part (default 0.5; RMI gets ``1 - bce_weight``).
+        eps: covariance diagonal (default 5e-4).
+
+    Shape:
+        - logits: (B, C, H, W) float, at the target's size; target: (B, H, W) or (B, 1, H, W).
+        - output: scalar float32 ((B,) for ``reduction="none"``).
+
+    Example:
+        >>> criterion = RMILoss()
+        >>> loss = criterion(torch.randn(2, 3, 30, 30), torch.randint(0, 3, (2, 30, 30)))
+        >>> loss.shape
+        torch.Size([])
+    """
+
+    def __init__(
+        self,
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        radius: int = 3,
+        pool_size: int = 3,
+        pool_stride: int = 3,
+        bce_weight: float = 0.5,
+        eps: float = 5e-4,
+    ) -> None:
+        super().__init__()
+        check_ignore_index(ignore_index)
+        check_reduction(reduction)
+        check_rmi_options(radius, pool_size, pool_stride, bce_weight, eps)
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.radius = radius
+        self.pool_size = pool_size
+        self.pool_stride = pool_stride
+        self.bce_weight = float(bce_weight)
+        self.eps = float(eps)
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return rmi_loss(
+            logits,
+            target,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            radius=self.radius,
+            pool_size=self.pool_size,
+            pool_stride=self.pool_stride,
+            bce_weight=self.bce_weight,
+            eps=self.eps,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"radius={self.radius}, pool_size={self.pool_size}, pool_stride={self.pool_stride}, "
+            f"bce_weight={self.bce_weight}, eps={self.eps}"
+        )
