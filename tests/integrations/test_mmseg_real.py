@@ -43,7 +43,7 @@ def _stub_missing_mmcv_ops() -> None:
 def mmseg():
     _stub_missing_mmcv_ops()
     try:
-        pass
+        importlib.import_module("mmseg.registry")
     except Exception as err:  # not installed, or an incompatible mmcv / mmengine
         pytest.skip(f"mmseg does not import here: {type(err).__name__}: {err}")
     importlib.import_module("arseg.integrations.mmseg")
@@ -111,3 +111,28 @@ def test_ohem_sampler_with_ar(mmseg, with_ce):
         head.loss_decode = torch.nn.ModuleList([head.loss_decode[1]])
     losses = head.loss_by_feat(logits, _samples(label))
     assert torch.isfinite(losses["loss_ar"]) and losses["loss_ar"] > 0
+
+
+@pytest.mark.parametrize("name", ["ArsegRMILoss", "ArsegAAFLoss"])
+def test_the_peers_in_a_real_decode_head_with_ohem(mmseg, name):
+    from mmseg.registry import MODELS
+
+    from arseg.losses import aaf_loss, rmi_loss
+
+    fn, key = {"ArsegRMILoss": (rmi_loss, "loss_rmi"), "ArsegAAFLoss": (aaf_loss, "loss_aaf")}[name]
+    assert MODELS.get(name) is not None and MODELS.get("LovaszLoss") is not MODELS.get(name)
+    gen = torch.Generator().manual_seed(2)
+    label = torch.randint(0, 5, (2, 32, 32), generator=gen)
+    label[0, :4] = 7
+    logits = torch.randn(2, 5, 8, 8, generator=gen, requires_grad=True)
+    head = _head(7, None)
+    head.loss_decode[1] = MODELS.build({"type": name, "loss_weight": 0.5})
+    losses = head.loss_by_feat(logits, _samples(label))
+    up = torch.nn.functional.interpolate(logits, size=(32, 32), mode="bilinear")
+    torch.testing.assert_close(losses[key], 0.5 * fn(up, label, ignore_index=7))
+    (losses["loss_ce"] + losses[key]).backward()
+    assert torch.isfinite(logits.grad).all()
+    ohem = _head(255, {"type": "OHEMPixelSampler", "min_kept": 100})
+    ohem.loss_decode[1] = MODELS.build({"type": name})
+    losses = ohem.loss_by_feat(logits, _samples(label.clamp(max=4)))
+    assert torch.isfinite(losses[key])

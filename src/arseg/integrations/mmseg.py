@@ -1,4 +1,8 @@
-"""mmsegmentation 1.x: importing this module registers the AR loss in ``mmseg.registry.MODELS``.
+"""mmsegmentation 1.x: importing this module registers arseg's losses in ``mmseg.registry.MODELS``.
+
+Registered: ``ARLoss`` (:class:`arseg.losses.ARLoss`), and the two peers mmseg lacks,
+``ArsegRMILoss`` (:func:`arseg.losses.rmi_loss`) and ``ArsegAAFLoss``
+(:func:`arseg.losses.aaf_loss`); mmseg's own ``LovaszLoss`` and ``DiceLoss`` are left alone.
 
 In an mmseg config::
 
@@ -23,11 +27,24 @@ part in the mining). Its log key is ``loss_ar``.
 
 :class:`~arseg.losses.CEARLoss` is not registered: it returns a ``(total, ce, ar)`` tuple, which
 mmseg cannot log; list mmseg's CE and ``ARLoss`` in ``loss_decode`` instead.
+
+The peers follow the same calling conventions (see :class:`ArsegRMILoss`)::
+
+    loss_decode=[
+        dict(type="CrossEntropyLoss", loss_weight=1.0),
+        dict(type="ArsegRMILoss", loss_weight=1.0),            # key loss_rmi
+        # dict(type="ArsegAAFLoss", loss_weight=1.0, margin=3.0),  # key loss_aaf
+    ]
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 try:
     from mmseg.registry import MODELS
@@ -37,12 +54,217 @@ except ImportError as err:  # mmseg itself, or one of the packages it imports (m
         f"mmcv (importing mmseg.registry failed: {err})"
     ) from err
 
-from arseg.losses import ARLoss
+from arseg.losses import ARLoss, aaf_loss, rmi_loss
+from arseg.losses._checks import (
+    check_batch,
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+    check_weight,
+    label_map,
+)
+from arseg.losses._dense import check_reduction
+from arseg.losses.aaf import check_aaf_options
+from arseg.losses.affinity import compute_dtype
+from arseg.losses.rmi import check_rmi_options
 
-__all__ = ["MODELS", "REGISTERED", "register"]
+__all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegRMILoss", "register"]
+
+
+class _MMSegPeerLoss(nn.Module):
+    """mmseg's calling conventions around one of arseg's full-resolution peer losses."""
+
+    _fn: Callable[..., Tensor]
+    _name: str
+
+    def __init__(
+        self,
+        ignore_index: int,
+        reduction: str,
+        loss_weight: float,
+        loss_name: str,
+        align_corners: bool,
+        options: dict[str, Any],
+    ) -> None:
+        super().__init__()
+        check_ignore_index(ignore_index)
+        check_reduction(reduction)
+        if not isinstance(loss_name, str) or not loss_name:
+            raise ValueError(f"loss_name must be a non-empty string, got {loss_name!r}")
+        if not isinstance(align_corners, bool):
+            raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
+        self.ignore_index = ignore_index
+        self.reduction = reduction
+        self.loss_weight = float(loss_weight)
+        self._loss_name = loss_name
+        self.align_corners = align_corners
+        self.options = options
+
+    @property
+    def loss_name(self) -> str:
+        return self._loss_name
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Tensor,
+        weight: Tensor | None = None,
+        ignore_index: int | None = None,
+        reduction_override: str | None = None,
+        avg_factor: float | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        ignore = self.ignore_index if ignore_index is None else ignore_index
+        check_ignore_index(ignore)
+        if reduction_override is not None:
+            check_reduction(reduction_override)
+        if avg_factor is not None:
+            raise ValueError(
+                f"{type(self).__name__} takes no avg_factor (its loss is no per-pixel mean), "
+                f"got {avg_factor!r}"
+            )
+        check_logits(pred)
+        check_target(target)
+        check_batch(pred, target)
+        labels = label_map(target).long()
+        if reduction_override == "none":
+            # Per-pixel callers (mmseg's OHEM sampler): a zero map, no part in the mining.
+            if weight is not None:
+                check_weight(weight, labels)
+            check_label_values(labels, max(pred.shape[1], 2), ignore)
+            return torch.zeros(labels.shape, dtype=compute_dtype(pred.dtype), device=pred.device)
+        if weight is not None:
+            w = check_weight(weight, labels)
+            if not bool(((w == 0) | (w == 1)).all()):
+                raise ValueError(
+                    f"{type(self).__name__} takes 0/1 pixel weights (OHEM's seg_weight: 0 "
+                    "drops a pixel as ignore_index does), got other values"
+                )
+            labels = torch.where(w > 0, labels, torch.full_like(labels, ignore))
+        if pred.shape[-2:] != labels.shape[-2:]:
+            with torch.autocast(pred.device.type, enabled=False):
+                pred = pred.float() if pred.dtype != torch.float64 else pred
+                pred = F.interpolate(
+                    pred, size=labels.shape[-2:], mode="bilinear", align_corners=self.align_corners
+                )
+        loss = self._fn(
+            pred,
+            labels,
+            ignore_index=ignore,
+            reduction=reduction_override or self.reduction,
+            **self.options,
+        )
+        return loss * self.loss_weight if self.loss_weight != 1.0 else loss
+
+    def extra_repr(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return (
+            f"{options}, ignore_index={self.ignore_index}, reduction={self.reduction!r}, "
+            f"loss_weight={self.loss_weight}, loss_name={self._loss_name!r}"
+        )
+
+
+class ArsegRMILoss(_MMSegPeerLoss):
+    """RMI (:func:`arseg.losses.rmi_loss`) with mmsegmentation's loss conventions.
+
+    Args:
+        radius, pool_size, pool_stride, bce_weight, eps: RMI's options (defaults 3, 3, 3, 0.5,
+            5e-4: the reference's).
+        ignore_index: label of unlabelled pixels; the decode head's, given at call time,
+            replaces it.
+        reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per image).
+        loss_weight: factor applied to the result.
+        loss_name: log key, ``"loss_rmi"``; it must start with ``loss_`` to be back-propagated.
+        align_corners: convention of the bilinear resize of logits whose size is not the
+            label's (mmseg's decode heads resize them before calling; then nothing happens).
+
+    ``forward(pred, target, weight=None, ignore_index=None, reduction_override=None,
+    avg_factor=None, **kwargs)``: ``pred`` (B, C, h, w) logits, ``target`` (B, H, W) or
+    (B, 1, H, W) labels. ``weight`` (OHEM's ``seg_weight``) must be 0/1: a 0 drops the pixel
+    exactly as ``ignore_index``. ``reduction_override="none"`` (what the OHEM sampler asks of
+    every loss) gives a zero (B, H, W) map: RMI has no per-pixel value and takes no part in
+    the mining. ``avg_factor`` is refused; other keywords are ignored.
+
+    Example:
+        >>> criterion = ArsegRMILoss(loss_weight=0.5)
+        >>> logits = torch.randn(2, 4, 16, 16, requires_grad=True)
+        >>> loss = criterion(logits, torch.randint(0, 4, (2, 64, 64)), ignore_index=255)
+        >>> loss.backward(); criterion.loss_name
+        'loss_rmi'
+    """
+
+    _fn = staticmethod(rmi_loss)
+
+    def __init__(
+        self,
+        radius: int = 3,
+        pool_size: int = 3,
+        pool_stride: int = 3,
+        bce_weight: float = 0.5,
+        eps: float = 5e-4,
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        loss_name: str = "loss_rmi",
+        align_corners: bool = False,
+    ) -> None:
+        check_rmi_options(radius, pool_size, pool_stride, bce_weight, eps)
+        options = {
+            "radius": radius,
+            "pool_size": pool_size,
+            "pool_stride": pool_stride,
+            "bce_weight": float(bce_weight),
+            "eps": float(eps),
+        }
+        super().__init__(ignore_index, reduction, loss_weight, loss_name, align_corners, options)
+
+
+class ArsegAAFLoss(_MMSegPeerLoss):
+    """AAF's affinity field loss (:func:`arseg.losses.aaf_loss`) with mmseg's conventions.
+
+    Args:
+        sizes, margin, class_weights: AAF's options (defaults ``(1, 2, 3)``, 3.0, all ones).
+            The authors decay the loss weight exponentially (``10 ** (-step / num_steps)``);
+            mmseg has no loss-weight schedule, so that needs a hook that sets ``loss_weight``.
+        ignore_index, reduction, loss_weight, align_corners: as :class:`ArsegRMILoss`.
+        loss_name: log key, ``"loss_aaf"``.
+
+    ``forward`` as :class:`ArsegRMILoss`: 0/1 ``weight`` (0 drops the pixel's pairs), a zero
+    (B, H, W) map for ``reduction_override="none"``, no ``avg_factor``.
+
+    Example:
+        >>> criterion = ArsegAAFLoss(sizes=[1, 2])
+        >>> loss = criterion(torch.randn(2, 4, 16, 16), torch.randint(0, 4, (2, 16, 16)))
+        >>> criterion.loss_name
+        'loss_aaf'
+    """
+
+    _fn = staticmethod(aaf_loss)
+
+    def __init__(
+        self,
+        sizes: int | Sequence[int] = (1, 2, 3),
+        margin: float = 3.0,
+        class_weights: Sequence[float] | None = None,
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        loss_name: str = "loss_aaf",
+        align_corners: bool = False,
+    ) -> None:
+        sizes = check_aaf_options(sizes, margin, class_weights)
+        weights = None if class_weights is None else [float(w) for w in class_weights]
+        options = {"sizes": sizes, "margin": float(margin), "class_weights": weights}
+        super().__init__(ignore_index, reduction, loss_weight, loss_name, align_corners, options)
+
 
 #: The names this module registers, and the classes they build.
-REGISTERED: dict[str, type] = {"ARLoss": ARLoss}
+REGISTERED: dict[str, type] = {
+    "ARLoss": ARLoss,
+    "ArsegRMILoss": ArsegRMILoss,
+    "ArsegAAFLoss": ArsegAAFLoss,
+}
 
 
 def register(registry: Any = MODELS) -> None:

@@ -1,0 +1,230 @@
+"""The peers arseg registers in mmseg (``ArsegRMILoss``, ``ArsegAAFLoss``) under mmseg's calling
+conventions, with a stand-in registry, decode head and OHEM sampler (no mmseg needed)."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import sys
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from arseg.losses import aaf_loss, rmi_loss
+
+MODULE = "arseg.integrations.mmseg"
+
+
+class FakeRegistry:
+    """The part of mmengine's ``Registry`` that registration and ``build`` use."""
+
+    def __init__(self) -> None:
+        self.module_dict: dict[str, type] = {}
+
+    def get(self, name: str):
+        return self.module_dict.get(name)
+
+    def register_module(self, name=None, force=False, module=None):
+        if name in self.module_dict and not force:
+            raise KeyError(f"{name} is already registered")
+        self.module_dict[name] = module
+        return module
+
+    def build(self, cfg: dict):
+        cfg = dict(cfg)
+        return self.module_dict[cfg.pop("type")](**cfg)
+
+
+class FakeCrossEntropy(nn.Module):
+    """mmseg's ``CrossEntropyLoss`` signature: per-pixel CE, weighted, mean over all pixels."""
+
+    def __init__(self, loss_weight: float = 1.0, loss_name: str = "loss_ce") -> None:
+        super().__init__()
+        self.loss_weight, self.loss_name = loss_weight, loss_name
+
+    def forward(self, pred, target, weight=None, ignore_index=-100, reduction_override=None, **kw):
+        loss = F.cross_entropy(pred, target, ignore_index=ignore_index, reduction="none")
+        if weight is not None:
+            loss = loss * weight
+        if reduction_override == "none":
+            return self.loss_weight * loss
+        return self.loss_weight * loss.mean()
+
+
+class MMSegLovasz(nn.Module):
+    """A stand-in for one of mmseg's own losses, registered before arseg's."""
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    models = FakeRegistry()
+    models.register_module(name="CrossEntropyLoss", module=FakeCrossEntropy)
+    models.register_module(name="LovaszLoss", module=MMSegLovasz)
+    mmseg = types.ModuleType("mmseg")
+    reg = types.ModuleType("mmseg.registry")
+    reg.MODELS = models
+    mmseg.registry = reg
+    monkeypatch.setitem(sys.modules, "mmseg", mmseg)
+    monkeypatch.setitem(sys.modules, "mmseg.registry", reg)
+    monkeypatch.delitem(sys.modules, MODULE, raising=False)
+    yield models
+    sys.modules.pop(MODULE, None)
+
+
+class FakeHead:
+    """Stand-in for ``BaseDecodeHead.loss_by_feat`` (loss part), with the OHEM sampler's
+    ranking without ``thresh`` when ``min_kept`` is given."""
+
+    def __init__(self, models, loss_cfgs, ignore_index=255, min_kept=None):
+        self.loss_decode = nn.ModuleList(models.build(c) for c in loss_cfgs)
+        self.ignore_index = ignore_index
+        self.min_kept = min_kept
+
+    def ohem(self, seg_logit, label):
+        with torch.no_grad():
+            valid = label != self.ignore_index
+            losses = 0.0
+            for loss in self.loss_decode:
+                losses = losses + loss(
+                    seg_logit,
+                    label,
+                    weight=None,
+                    ignore_index=self.ignore_index,
+                    reduction_override="none",
+                )
+            weight = seg_logit.new_zeros(label.shape)
+            kept = weight[valid]
+            _, order = losses[valid].sort(descending=True)
+            kept[order[: self.min_kept * label.shape[0]]] = 1.0
+            weight[valid] = kept
+            return weight
+
+    def loss_by_feat(self, seg_logits, seg_label):
+        seg_logits = F.interpolate(
+            seg_logits, size=seg_label.shape[2:], mode="bilinear", align_corners=False
+        )
+        label = seg_label.squeeze(1)
+        seg_weight = self.ohem(seg_logits, label) if self.min_kept is not None else None
+        out: dict[str, torch.Tensor] = {}
+        for loss in self.loss_decode:
+            value = loss(seg_logits, label, weight=seg_weight, ignore_index=self.ignore_index)
+            out[loss.loss_name] = out[loss.loss_name] + value if loss.loss_name in out else value
+        return out, seg_weight, seg_logits
+
+
+def _batch(num_classes=5, ignore=255, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.randn(2, num_classes, 8, 10, generator=gen, requires_grad=True)
+    label = torch.randint(0, num_classes, (2, 1, 32, 40), generator=gen)
+    label[0, :, :6] = ignore
+    return logits, label
+
+
+CE = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
+RMI = {"type": "ArsegRMILoss", "loss_weight": 0.5}
+AAF = {"type": "ArsegAAFLoss", "loss_weight": 0.25, "sizes": [1, 2]}
+PEERS = {"ArsegRMILoss": (RMI, rmi_loss, {}), "ArsegAAFLoss": (AAF, aaf_loss, {"sizes": (1, 2)})}
+
+
+def test_import_registers_the_peers_mmseg_lacks_without_touching_its_own(registry):
+    module = importlib.import_module(MODULE)
+    assert registry.get("ArsegRMILoss") is module.ArsegRMILoss
+    assert registry.get("ArsegAAFLoss") is module.ArsegAAFLoss
+    assert registry.get("LovaszLoss") is MMSegLovasz  # mmseg's own name untouched
+    assert "DiceLoss" not in registry.module_dict and "RMILoss" not in registry.module_dict
+    module.register(registry)  # idempotent
+    rmi, aaf = registry.build(RMI), registry.build(AAF)
+    assert (rmi.loss_name, aaf.loss_name) == ("loss_rmi", "loss_aaf")
+    assert "bce_weight=0.5" in repr(rmi) and "sizes=(1, 2)" in repr(aaf)
+    other = FakeRegistry()
+    other.register_module(name="ArsegRMILoss", module=FakeCrossEntropy)
+    with pytest.raises(KeyError, match="already holds"):
+        module.register(other)
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_loss_by_feat_resizes_uses_the_heads_ignore_index_and_logs(registry, name):
+    importlib.import_module(MODULE)
+    cfg, fn, options = PEERS[name]
+    logits, label = _batch(num_classes=7, ignore=7)  # decode_head.ignore_index=7, below 255
+    head = FakeHead(registry, [CE, cfg], ignore_index=7)
+    losses, _, resized = head.loss_by_feat(logits, label)
+    key = registry.build(cfg).loss_name
+    assert set(losses) == {"loss_ce", key}
+    expected = cfg["loss_weight"] * fn(resized, label.squeeze(1), ignore_index=7, **options)
+    torch.testing.assert_close(losses[key], expected)
+    sum(losses.values()).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_logits_at_another_size_are_resized_to_the_labels(registry, name):
+    importlib.import_module(MODULE)
+    cfg, fn, options = PEERS[name]
+    loss = registry.build({**cfg, "loss_weight": 1.0})
+    logits, label = _batch(seed=1)
+    up = F.interpolate(logits, size=(32, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(loss(logits, label), fn(up, label.squeeze(1), **options))
+    corners = registry.build({**cfg, "loss_weight": 1.0, "align_corners": True})
+    up = F.interpolate(logits, size=(32, 40), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(corners(logits, label), fn(up, label.squeeze(1), **options))
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_ohem_beside_ce_and_alone(registry, name):
+    importlib.import_module(MODULE)
+    cfg, fn, options = PEERS[name]
+    logits, label = _batch(seed=2)
+    # Beside CE: the peer's zero "none" map leaves the mining to CE.
+    both = FakeHead(registry, [CE, cfg], min_kept=200)
+    ce_only = FakeHead(registry, [CE], min_kept=200)
+    losses, weight, resized = both.loss_by_feat(logits, label)
+    _, ce_weight, _ = ce_only.loss_by_feat(logits, label)
+    assert torch.equal(weight, ce_weight)
+    # The kept pixels are the labelled ones; the others are dropped as ignore_index.
+    dropped = torch.where(weight > 0, label.squeeze(1), 255)
+    key = registry.build(cfg).loss_name
+    expected = cfg["loss_weight"] * fn(resized, dropped, **options)
+    torch.testing.assert_close(losses[key], expected)
+    assert not torch.isclose(losses[key], cfg["loss_weight"] * fn(resized, label, **options))
+    # Alone: the sampler runs (a (B, H, W) map, no IndexError).
+    alone, weight, _ = FakeHead(registry, [cfg], min_kept=200).loss_by_feat(logits, label)
+    assert weight.shape == label.squeeze(1).shape and torch.isfinite(alone[key])
+
+
+@pytest.mark.parametrize("name", PEERS)
+def test_calling_conventions_and_errors(registry, name):
+    importlib.import_module(MODULE)
+    cfg, fn, options = PEERS[name]
+    loss = registry.build({**cfg, "loss_weight": 2.0})
+    logits, label = _batch(seed=3)
+    up = F.interpolate(logits, size=(32, 40), mode="bilinear", align_corners=False)
+    per_image = fn(up, label, reduction="none", **options)
+    torch.testing.assert_close(loss(up, label, reduction_override="sum"), 2 * per_image.sum())
+    torch.testing.assert_close(loss(up, label, unknown_kwarg=1), 2 * fn(up, label, **options))
+    none = loss(up, label, reduction_override="none")
+    assert none.shape == label.squeeze(1).shape and torch.all(none == 0)
+    with pytest.raises(ValueError, match="avg_factor"):
+        loss(up, label, avg_factor=10.0)
+    with pytest.raises(ValueError, match="0/1 pixel weights"):
+        loss(up, label, weight=torch.full(label.squeeze(1).shape, 0.5))
+    with pytest.raises(ValueError, match="reduction"):
+        loss(up, label, reduction_override="avg")
+    with pytest.raises(ValueError, match="loss_name"):
+        registry.build({**cfg, "loss_name": ""})
+    empty = loss(up, torch.full_like(label, 255))
+    empty.backward()
+    assert empty.item() == 0 and torch.all(logits.grad == 0)
+
+
+def test_docstring_examples(registry):
+    module = importlib.import_module(MODULE)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for cls in (module.ArsegRMILoss, module.ArsegAAFLoss):
+        for test in finder.find(cls, globs={"torch": torch, cls.__name__: cls}):
+            runner.run(test)
+    assert runner.tries > 0 and runner.failures == 0
