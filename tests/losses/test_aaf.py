@@ -103,12 +103,19 @@ def test_margin_and_single_size_int():
     assert aaf_loss(logits, target, sizes=2, margin=1.5).item() == pytest.approx(ref, rel=1e-12)
 
 
-def test_gradcheck():
+@pytest.mark.parametrize("weights", [None, [0.5, 2.0, 1.0]])
+def test_gradcheck(weights):
+    """The hand-written backward, also where probabilities are clipped (zero gradient there)."""
     gen = torch.Generator().manual_seed(10)
-    logits = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    logits = torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64)
+    logits[0, 1, 2, 2] = 15.0  # p ~ 1 - 6e-7: 1 - p and the other classes clipped to 1e-4
+    logits.requires_grad_(True)
     target = torch.randint(0, 3, (2, 4, 4), generator=gen)
     target[0, 0, :2] = 255
-    assert torch.autograd.gradcheck(lambda x: aaf_loss(x, target, sizes=(1, 2)), (logits,))
+    assert torch.autograd.gradcheck(
+        lambda x: aaf_loss(x, target, sizes=(1, 2), class_weights=weights, margin=2.0),
+        (logits,),
+    )
 
 
 def test_module_matches_function_and_rejects_bad_options():

@@ -40,9 +40,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ._checks import check_ignore_index
-from ._dense import check_number, check_reduction, dense_inputs, one_hot_valid, reduce_images
+from ._dense import check_number, check_reduction, dense_inputs, reduce_images
 
 __all__ = ["AAFLoss", "aaf_loss"]
 
@@ -87,14 +88,134 @@ def _class_weight_tensor(class_weights: object) -> Tensor:
     return weights
 
 
-def _pair_slices(height: int, width: int, dy: int, dx: int) -> tuple[tuple[slice, slice], ...]:
-    """Slices (centre, neighbour) of all in-image pairs (i, i + (dy, dx)), dy >= 0."""
-    rows_c, rows_n = slice(0, height - dy), slice(dy, height)
-    if dx >= 0:
-        cols_c, cols_n = slice(0, width - dx), slice(dx, width)
-    else:
-        cols_c, cols_n = slice(-dx, width), slice(0, width + dx)
-    return (rows_c, cols_c), (rows_n, cols_n)
+Slices = tuple[slice, slice]
+
+
+def _offsets(height: int, width: int, size: int) -> list[tuple[Slices, Slices]]:
+    """(centre, neighbour) slices of the in-image pairs (i, i + d) for 4 of the 8 offsets d at
+    distance ``size``; the other 4 are the same pairs with the roles swapped."""
+    out = []
+    for dy, dx in ((0, size), (size, 0), (size, size), (size, -size)):
+        if dy >= height or abs(dx) >= width:
+            continue  # no pair at this offset inside the image
+        rows_c, rows_n = slice(0, height - dy), slice(dy, height)
+        if dx >= 0:
+            cols_c, cols_n = slice(0, width - dx), slice(dx, width)
+        else:
+            cols_c, cols_n = slice(-dx, width), slice(0, width + dx)
+        out.append(((rows_c, cols_c), (rows_n, cols_n)))
+    return out
+
+
+def _clipped(p: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """q = clip(p), r = clip(1 - p) to [PROB_CLIP, 1], and their logs."""
+    q = p.clamp(PROB_CLIP, 1.0)
+    r = (1 - p).clamp(PROB_CLIP, 1.0)
+    return q, r, q.log(), r.log()
+
+
+def _at(x: Tensor, s: Slices) -> Tensor:
+    return x[..., s[0], s[1]]
+
+
+def _binary_kl(p_n: Tensor, p_c: Tensor) -> Tensor:
+    """Binary KL(n || c) of probabilities of one class, clipped as the reference clips them."""
+    q_n, r_n, lq_n, lr_n = _clipped(p_n)
+    _, _, lq_c, lr_c = _clipped(p_c)
+    return q_n * (lq_n - lq_c) + r_n * (lr_n - lr_c)
+
+
+def _pairs(p: Tensor, labels: Tensor, valid: Tensor, own: Tensor, sizes: tuple[int, ...]):
+    """The ordered pairs of every size, 4 offsets (a, b) at a time.
+
+    Yields ``(k, a, b, pair, differ, kls)``: the size's index, the slices, the (B, h, w) masks
+    of pairs of labelled pixels and of pairs whose labels differ, and
+    ``kls = ((KL_La(b || a), KL_Lb(b || a)), (KL_La(a || b), KL_Lb(a || b)))``, the KL of the
+    two label classes for both directions, from gathered probabilities.
+    """
+    height, width = p.shape[-2:]
+    for k, size in enumerate(sizes):
+        for a, b in _offsets(height, width, size):
+            pair = _at(valid, a) & _at(valid, b)
+            la, lb = _at(labels, a), _at(labels, b)
+            differ = (pair & (la != lb)).to(p.dtype)
+            own_a, own_b = _at(own, a), _at(own, b)
+            b_at_la = torch.gather(_at(p, b), 1, la.unsqueeze(1)).squeeze(1)  # p_b[L_a]
+            a_at_lb = torch.gather(_at(p, a), 1, lb.unsqueeze(1)).squeeze(1)  # p_a[L_b]
+            kls = (
+                (_binary_kl(b_at_la, own_a), _binary_kl(own_b, a_at_lb)),
+                (_binary_kl(own_a, b_at_la), _binary_kl(a_at_lb, own_b)),
+            )
+            yield k, a, b, pair, differ, kls
+
+
+class _AAFSums(torch.autograd.Function):
+    """Per image and size: the weighted sums of the edge and of the non-edge elements.
+
+    With ``KL_k`` the binary KL of class k for an ordered pair (centre c, neighbour n), the
+    non-edge sum over the classes is ``sum_k KL_k`` minus the two label classes when the labels
+    differ (the edge elements), and ``sum_k KL_k = sum_k (q_n log q_n + r_n log r_n)_k -
+    <q_n, log q_c> - <r_n, log r_c>``: two products over the classes per ordered pair, plus the
+    KL of the two label classes from gathered probabilities, instead of masked per-class maps.
+    The backward is written by hand: the gradient with respect to ``KL_k`` is a per-pair scalar
+    plus corrections at the two label classes, pushed through ``KL`` into (B, C, H, W) buffers
+    for q and r by in-place updates of slices (autograd would allocate and zero-fill a
+    full-size tensor for every slice).
+    """
+
+    @staticmethod
+    def forward(ctx, p, labels, valid, pixel_weight, sizes, margin):
+        # p (B, C, H, W) softmax; labels (B, H, W) int64 (0 where ignored); valid (B, H, W)
+        # bool; pixel_weight (B, H, W) (class weight of the pixel's label, 0 where ignored).
+        q, r, lq, lr = _clipped(p)
+        ent = (q * lq + r * lr).sum(dim=1)  # (B, H, W)
+        own = torch.gather(p, 1, labels.unsqueeze(1)).squeeze(1)  # p of the pixel's label
+        edge_sum = p.new_zeros(p.shape[0], len(sizes))
+        flat_sum = p.new_zeros(p.shape[0], len(sizes))
+        for k, a, b, pair, differ, kls in _pairs(p, labels, valid, own, sizes):
+            for (c, n), (kl_a, kl_b) in zip(((a, b), (b, a)), kls):  # KL(n || c)
+                w = _at(pixel_weight, c) * pair
+                kl_all = _at(ent, n) - (_at(q, n) * _at(lq, c)).sum(dim=1)
+                kl_all = kl_all - (_at(r, n) * _at(lr, c)).sum(dim=1)
+                flat = w * (kl_all - differ * (kl_a + kl_b))
+                edge = (margin - kl_a).clamp(min=0) + (margin - kl_b).clamp(min=0)
+                flat_sum[:, k] += flat.sum(dim=(1, 2))
+                edge_sum[:, k] += (w * differ * edge).sum(dim=(1, 2))
+        ctx.save_for_backward(p, labels, valid, pixel_weight)
+        ctx.sizes, ctx.margin = sizes, margin
+        return edge_sum, flat_sum
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_edge, grad_flat):
+        p, labels, valid, pixel_weight = ctx.saved_tensors
+        q, r, lq, lr = _clipped(p)
+        own = torch.gather(p, 1, labels.unsqueeze(1)).squeeze(1)
+        grad_q = torch.zeros_like(p)
+        grad_r = torch.zeros_like(p)
+        for k, a, b, pair, differ, kls in _pairs(p, labels, valid, own, ctx.sizes):
+            g_edge = grad_edge[:, k].view(-1, 1, 1)
+            g_flat = grad_flat[:, k].view(-1, 1, 1)
+            index = (_at(labels, a).unsqueeze(1), _at(labels, b).unsqueeze(1))
+            for (c, n), kl_pair in zip(((a, b), (b, a)), kls):
+                w = _at(pixel_weight, c) * pair
+                # dL/dKL_k = alpha for every class, plus beta at the two label classes.
+                alpha = g_flat * w
+                g = alpha.unsqueeze(1).expand(-1, p.shape[1], -1, -1).clone()
+                for idx, kl in zip(index, kl_pair):
+                    beta = differ * (-alpha - g_edge * w * (kl < ctx.margin).to(p.dtype))
+                    g.scatter_add_(1, idx, beta.unsqueeze(1))
+                # KL = q_n (lq_n - lq_c) + r_n (lr_n - lr_c)
+                _at(grad_q, n).addcmul_(g, _at(lq, n) - _at(lq, c) + 1)
+                _at(grad_r, n).addcmul_(g, _at(lr, n) - _at(lr, c) + 1)
+                _at(grad_q, c).addcmul_(g, _at(q, n) / _at(q, c), value=-1)
+                _at(grad_r, c).addcmul_(g, _at(r, n) / _at(r, c), value=-1)
+        # q = clamp(p), r = clamp(1 - p): gradients pass where the value is inside [clip, 1].
+        one_minus = 1 - p
+        grad_q.mul_((p >= PROB_CLIP) & (p <= 1))
+        inside = ((one_minus >= PROB_CLIP) & (one_minus <= 1)).to(p.dtype)
+        grad_q.addcmul_(grad_r, inside, value=-1)
+        return grad_q, None, None, None, None, None
 
 
 def aaf_loss(
@@ -171,43 +292,23 @@ def aaf_loss(
     margin = float(margin)
     with torch.autocast(z.device.type, enabled=False):
         p = F.softmax(z, dim=1)
-        q = p.clamp(PROB_CLIP, 1.0)
-        q_bar = (1 - p).clamp(PROB_CLIP, 1.0)
-        log_q, log_q_bar = q.log(), q_bar.log()
-        onehot = one_hot_valid(labels, valid, num_classes, torch.bool)
         pixel_weight = valid.to(dtype) if class_weights is None else weights[labels] * valid
-        total = z.new_zeros(batch) + 0 * z.sum()  # attached to the graph even without pairs
-        has_pairs = torch.zeros(batch, dtype=torch.bool, device=z.device)
-        for size in sizes:
-            edge_sum = z.new_zeros(batch)
-            flat_sum = z.new_zeros(batch)
-            edge_count = torch.zeros(batch, dtype=torch.int64, device=z.device)
-            flat_count = torch.zeros_like(edge_count)
-            # 4 offsets; each also serves its opposite by swapping the roles of the two pixels.
-            for dy, dx in ((0, size), (size, 0), (size, size), (size, -size)):
-                if dy >= height or abs(dx) >= width:
-                    continue  # no pair at this offset inside the image
-                a, b = _pair_slices(height, width, dy, dx)
-                pair = (valid[:, a[0], a[1]] & valid[:, b[0], b[1]]).unsqueeze(1)  # (B,1,h,w)
-                edge = (onehot[:, :, a[0], a[1]] ^ onehot[:, :, b[0], b[1]]) & pair
-                flat = ~edge & pair
-                qa, qb = q[:, :, a[0], a[1]], q[:, :, b[0], b[1]]
-                qa_bar, qb_bar = q_bar[:, :, a[0], a[1]], q_bar[:, :, b[0], b[1]]
-                diff = log_q[:, :, b[0], b[1]] - log_q[:, :, a[0], a[1]]
-                diff_bar = log_q_bar[:, :, b[0], b[1]] - log_q_bar[:, :, a[0], a[1]]
-                for kl, centre in (
-                    (qb * diff + qb_bar * diff_bar, a),  # centre a, neighbour b: KL(b || a)
-                    (-(qa * diff + qa_bar * diff_bar), b),  # centre b, neighbour a: KL(a || b)
-                ):
-                    w = pixel_weight[:, centre[0], centre[1]].unsqueeze(1)
-                    edge_sum = edge_sum + ((margin - kl).clamp(min=0) * w * edge).sum(dim=(1, 2, 3))
-                    flat_sum = flat_sum + (kl * w * flat).sum(dim=(1, 2, 3))
-                edge_count += 2 * edge.sum(dim=(1, 2, 3))
-                flat_count += 2 * flat.sum(dim=(1, 2, 3))
-            total = total + edge_sum / edge_count.clamp(min=1).to(dtype)
-            total = total + flat_sum / flat_count.clamp(min=1).to(dtype)
-            has_pairs |= (edge_count + flat_count) > 0
-        return reduce_images(total, has_pairs, reduction)
+        edge_count = torch.zeros(batch, len(sizes), dtype=torch.int64, device=z.device)
+        pair_count = torch.zeros_like(edge_count)
+        for k, size in enumerate(sizes):
+            for a, b in _offsets(height, width, size):
+                pair = valid[:, a[0], a[1]] & valid[:, b[0], b[1]]
+                differ = pair & (labels[:, a[0], a[1]] != labels[:, b[0], b[1]])
+                pair_count[:, k] += pair.sum(dim=(1, 2))
+                edge_count[:, k] += differ.sum(dim=(1, 2))
+        # Per ordered pair: 2 edge elements (the two labels) if the labels differ, else none;
+        # every other class is a non-edge element. Both directions of each pair count.
+        flat_count = 2 * (num_classes * pair_count - 2 * edge_count)
+        edge_count = 4 * edge_count
+        edge_sum, flat_sum = _AAFSums.apply(p, labels, valid, pixel_weight, sizes, margin)
+        total = (edge_sum / edge_count.clamp(min=1).to(dtype)).sum(dim=1)
+        total = total + (flat_sum / flat_count.clamp(min=1).to(dtype)).sum(dim=1)
+        return reduce_images(total, (pair_count > 0).any(dim=1), reduction)
 
 
 class AAFLoss(nn.Module):
