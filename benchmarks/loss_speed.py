@@ -1,7 +1,8 @@
-"""Speed (and memory) of the AR loss next to plain cross-entropy, forward + backward.
+"""Speed (and memory) of the AR loss and its peers next to plain cross-entropy, forward + backward.
 
 For logits (B, C, h, w) from small up to full-resolution Cityscapes-like (2, 19, 512, 1024) it
-times, on the CPU and on CUDA when present:
+prints two tables (``--table ar|peers|all``). The AR table times, on the CPU and on CUDA when
+present:
 
 * ``CE``         F.cross_entropy on the same logits (target at the logits' size),
 * ``AR(12,6)``   ar_loss at the paper's grids (N = 180, explicit),
@@ -13,8 +14,14 @@ give the peak memory a forward + backward allocates beyond the inputs, in units 
 size (the gradient of the logits itself counts as 1): CUDA peak allocated memory, or on the CPU
 the peak resident set of a fresh subprocess per case (Linux).
 
+The peers table times every structural loss of :data:`arseg.losses.LOSS_TERMS` at its defaults
+on the same logits and target (all at the target's size, which the peers require): CE, AR at
+(12, 6), AR at full resolution (factorized), Lovasz-softmax, RMI, AAF and soft Dice, each with
+its ratio to CE.
+
     python benchmarks/loss_speed.py                   # CPU (+ CUDA if available)
     python benchmarks/loss_speed.py --device cpu --repeats 3 --no-memory
+    python benchmarks/loss_speed.py --device cpu --table peers --max-pixels 131072
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from arseg.losses import ar_loss
+from arseg.losses import aaf_loss, ar_loss, dice_loss, lovasz_softmax_loss, rmi_loss
 
 SHAPES = [
     (4, 19, 32, 64),
@@ -40,6 +47,16 @@ SHAPES = [
     (2, 19, 512, 1024),
 ]
 CASES = ("ce", "ar_grid", "ar_full", "ar_full_explicit")
+PEER_CASES = ("ce", "ar_grid", "ar_full", "lovasz", "rmi", "aaf", "dice")
+PEER_LABELS = {
+    "ce": "CE",
+    "ar_grid": "AR(12,6)",
+    "ar_full": "AR full",
+    "lovasz": "Lovasz",
+    "rmi": "RMI",
+    "aaf": "AAF",
+    "dice": "Dice",
+}
 # Explicit full resolution materialises about four (B, N, N) float32 buffers (A, M, A - M, grad).
 EXPLICIT_BUFFERS = 4
 CPU_EXPLICIT_BUDGET = 2 * 2**30
@@ -52,7 +69,10 @@ def loss_fn(case: str):
         return lambda x, t: ar_loss(x, t, scales=(12, 6))
     if case == "ar_full":
         return lambda x, t: ar_loss(x, t, scales=None, method="factorized")
-    return lambda x, t: ar_loss(x, t, scales=None, method="explicit")
+    if case == "ar_full_explicit":
+        return lambda x, t: ar_loss(x, t, scales=None, method="explicit")
+    peers = {"lovasz": lovasz_softmax_loss, "rmi": rmi_loss, "aaf": aaf_loss, "dice": dice_loss}
+    return peers[case]
 
 
 def make_inputs(shape, device):
@@ -193,12 +213,35 @@ def run(device, repeats, memory) -> None:
         print(row, flush=True)
 
 
+def run_peers(device, repeats, max_pixels) -> None:
+    print(f"\n### {device.type.upper()}: {machine_name(device)}, torch {torch.__version__}")
+    print("every term at its defaults; forward + backward, median of", repeats, "runs;")
+    print("cells: ms (ratio to CE)")
+    print("| (B, C, h, w) | " + " | ".join(PEER_LABELS[c] for c in PEER_CASES) + " |")
+    print("| --- |" + " ---: |" * len(PEER_CASES))
+    for shape in SHAPES:
+        if shape[0] * shape[2] * shape[3] > max_pixels:
+            continue
+        t = time_cases(PEER_CASES, shape, device, repeats)
+        ce = t["ce"]
+        cells = [f"{ce * 1e3:.1f}"]
+        cells += [f"{t[c] * 1e3:.1f} ({t[c] / ce:.1f}x)" for c in PEER_CASES[1:]]
+        print(f"| {shape} | " + " | ".join(cells) + " |", flush=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--table", choices=["ar", "peers", "all"], default="all")
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=2 * 512 * 1024,
+        help="peers table: skip shapes with more than B * h * w pixels",
+    )
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
@@ -216,7 +259,10 @@ def main(argv=None) -> int:
         print("CUDA is not available", file=sys.stderr)
         return 1
     for device in devices:
-        run(device, args.repeats, args.memory)
+        if args.table in ("ar", "all"):
+            run(device, args.repeats, args.memory)
+        if args.table in ("peers", "all"):
+            run_peers(device, args.repeats, args.max_pixels)
     return 0
 
 
