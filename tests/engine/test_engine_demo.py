@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 
@@ -71,7 +72,12 @@ def test_demo_success_path_on_a_tiny_model(tmp_path, capsys, monkeypatch):
         # each stage trained the steps it was given, from the baseline's last checkpoint
         ckpt = torch.load(out / stage / "checkpoints" / "best.ckpt", weights_only=True)
         assert ckpt["arseg_config"]["model"]["name"] == "lwrefinenet_mbv2"
-        assert ckpt["global_step"] == 2  # best of the 2-step epochs (16 scenes, batch 8)
+        # 2-step epochs (16 scenes, batch 8): best.ckpt is the epoch of the highest val mIoU
+        with open(out / stage / "metrics.csv") as f:
+            rows = [r for r in csv.DictReader(f) if r["val/miou"]]  # the validations
+        val = [(float(r["val/miou"]), int(r["step"]) + 1) for r in rows]
+        assert len(val) == (2 if stage == "baseline" else 1)
+        assert ckpt["global_step"] == max(val, key=lambda v: v[0])[1]
         if stage != "baseline":
             assert ckpt["arseg_config"]["init_from"] == str(out / "baseline/checkpoints/last.ckpt")
         assert f"[{i}/3]" in text

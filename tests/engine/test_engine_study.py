@@ -366,3 +366,50 @@ def test_camvid_studies_from_the_first_studys_baseline_resolve(tmp_path, name) -
     (tmp_path / name).write_text(yaml.safe_dump(raw))
     study = load_study_config(tmp_path / name)  # every arm's run config resolves
     assert study["control"] == "ce" and all(len(a["seeds"]) >= 3 for a in study["arms"].values())
+
+
+def test_a_study_compares_a_peer_arm_from_the_same_peak(finished_study, tmp_path) -> None:
+    """CE only against CE + Lovasz, switched by an arm's overrides, from a finished peak."""
+    _config, out, _ = finished_study
+    config = _write_study(
+        tmp_path / "cfg",
+        baseline=str(out / "baseline"),
+        arms={
+            "ce": {"label": "CE only", "seeds": [1], "overrides": {"loss.lambda_ar": 0.0}},
+            "lovasz": {
+                "label": "CE + 1.0 Lovasz",
+                "seeds": [1],
+                "overrides": {"loss.terms.lovasz": {"weight": 1.0}},
+            },
+        },
+    )
+    new = tmp_path / "out"
+    proc = _study(config, new)
+    stdout = _finish(proc, timeout=600)
+    assert proc.returncode == 0, stdout
+    ft = yaml.safe_load((new / "lovasz" / "seed1" / "config.yaml").read_text())
+    assert ft["loss"]["terms"] == {"lovasz": {"weight": 1.0}} and ft["loss"]["lambda_ar"] == 0
+    with open(new / "lovasz" / "seed1" / "metrics.csv") as f:
+        header = f.readline().strip().split(",")
+    assert {"train/lovasz", "train/lambda_lovasz", "val/lovasz", "train/ar"} <= set(header)
+    with open(new / "ce" / "seed1" / "metrics.csv") as f:
+        assert "train/lovasz" not in f.readline()
+    # the control is the finished study's CE seed 1: same peak, seed, steps and data order
+    ce = json.loads((new / "ce" / "seed1" / "eval" / "val" / "metrics.json").read_text())
+    same = json.loads((out / "ce" / "seed1" / "eval" / "val" / "metrics.json").read_text())
+    assert ce["miou"] == same["miou"]
+    assert (new / "compare" / "val" / "lovasz_vs_ce_best.json").is_file()
+    assert "| CE + 1.0 Lovasz | best | 1 |" in stdout
+
+
+@pytest.mark.parametrize("name", ["arena_weights_study.yaml", "arena_peers_study.yaml"])
+def test_evidence_v3_studies_resolve_from_the_shared_peak(name) -> None:
+    root = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "pretrained"
+    peak = root.parents[3] / "shared" / "checkpoints" / "camvid_efflite0_peak"
+    if not peak.is_dir():
+        if os.environ.get("ARSEG_REQUIRE_CAMVID"):
+            pytest.fail(f"the shared CE peak {peak} is missing")
+        pytest.skip(f"the shared CE peak {peak} is not here")
+    study = load_study_config(root / name)  # every arm's run config resolves
+    assert study["baseline"] == str(peak.resolve()) and study["control"] == "ce"
+    assert all(a["seeds"] == [1, 2, 3, 4, 5] for a in study["arms"].values())

@@ -86,6 +86,9 @@ DEFAULTS: dict[str, Any] = {
         "class_weight": None,  # list of C floats
         "ignore_index": 255,
         "aux": True,  # add the model's auxiliary losses with model.aux_weights
+        # further terms of the objective, name -> {weight, schedule, final_ratio, power,
+        # options...}: lovasz, rmi, aaf, dice, or ar (arseg/engine/objective.py)
+        "terms": {},
     },
     "optim": {
         "lr": 0.01,  # decoder/head learning rate
@@ -133,7 +136,10 @@ _OPEN_SECTIONS = {
     ("data", "options"),
     ("data", "train_options"),
     ("data", "val_options"),
+    ("loss", "terms"),
 }
+# Open sections whose entries are themselves settings mappings, merged one level deeper.
+_TERM_SECTIONS = {("loss", "terms")}
 
 
 # Keys whose value may take several types (Lightning accepts e.g. devices=2, "auto" or [0, 1]).
@@ -286,7 +292,11 @@ def merge_config(
                     f"arguments, got {value!r}"
                 )
             merged = dict(out.get(key) or {})
-            merged.update(copy.deepcopy(dict(value)))
+            for name, entry in copy.deepcopy(dict(value)).items():
+                if path in _TERM_SECTIONS and isinstance(entry, Mapping):
+                    # one term's settings merge key by key (an arm changes only its weight)
+                    entry = {**(merged.get(name) or {}), **entry}
+                merged[name] = entry
             out[key] = merged
         elif isinstance(default, dict):
             out[key] = merge_config(
@@ -442,6 +452,12 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"config key 'loss.lambda_ar' must be >= 0, got {cfg['loss']['lambda_ar']}"
         )
+    from .objective import check_loss_terms
+
+    try:
+        check_loss_terms(cfg["loss"])
+    except ValueError as err:
+        raise ConfigError(f"config key {err}" if str(err).startswith("'") else str(err)) from None
     if cfg["optim"]["lr"] <= 0:
         raise ConfigError(f"config key 'optim.lr' must be > 0, got {cfg['optim']['lr']}")
     if cfg["eval"]["mode"] not in ("whole", "slide"):

@@ -1,16 +1,19 @@
-"""The LightningModule: any model of the zoo trained with CE (+ lambda * AR) and its aux losses.
+"""The LightningModule: any model of the zoo trained with CE, weighted loss terms and aux losses.
 
 Loss per step::
 
-    total = CE(main) + lambda_ar * AR(main) + sum_k aux_weight_k * CE(aux_k)
+    total = CE(main) + sum_t w_t(step) * term_t(main) + sum_k aux_weight_k * CE(aux_k)
 
-CE uses the class weights and ignore index of the config, on logits resized bilinearly to the
-label size (as :class:`arseg.losses.CEARLoss`, with the model's ``align_corners`` convention,
-also used for the validation/test upsampling); AR samples the main logits directly. With
-``lambda_ar = 0`` the AR value is still computed (without grad) and logged as ``train/ar``.
-``lambda_ar`` may decay over the run (``loss.lambda_schedule``, :func:`arseg.losses.lambda_at` of
-the global step and the run's total steps, so a resumed run gets the same value); the value of
-each step is logged as ``train/lambda_ar``.
+The terms and their weight schedules come from the config (:mod:`arseg.engine.objective`): AR
+from ``loss.lambda_ar`` (as always) and any of ``loss.terms`` (Lovasz, RMI, AAF, Dice, AR);
+:class:`arseg.losses.CompositeLoss` computes the total from the weights of the step. CE uses the
+class weights and ignore index of the config, on logits resized bilinearly to the label size
+(the model's ``align_corners`` convention, also used for the validation/test upsampling); AR
+samples the main logits directly, the other terms take the resized logits. A term at weight 0
+(AR with ``lambda_ar = 0``) is still computed (without grad) and logged. Each step logs
+``train/<term>`` and its weight ``train/lambda_<term>`` (``train/ar``, ``train/lambda_ar``);
+weights are functions of the global step and the run's total steps, so a resumed run gets the
+same values.
 
 Optimiser: SGD with momentum, two parameter groups (``model.encoder`` at ``lr *
 encoder_lr_mult``, everything else at ``lr``) and the poly schedule ``lr * (1 - step / total)
@@ -18,9 +21,10 @@ encoder_lr_mult``, everything else at ``lr``) and the poly schedule ``lr * (1 - 
 Randomness inside a step (dropout) is reseeded from ``(seed, global_step, rank)``.
 
 Validation: mIoU, pixel accuracy, per-class IoU (torchmetrics confusion matrix, synced over
-processes, ignore index dropped) on logits upsampled to the label size, and the AR loss of the
-native-resolution logits averaged over images (``val/ar``). Testing (``arseg eval``) also keeps
-per-image confusion matrices and Boundary IoU counts (:func:`~arseg.engine.metrics.boundary_counts`).
+processes, ignore index dropped) on logits upsampled to the label size, the AR loss of the
+native-resolution logits averaged over images (``val/ar``) and every other term's value averaged
+over batches (``val/<term>``). Testing (``arseg eval``) also keeps per-image confusion matrices
+and Boundary IoU counts (:func:`~arseg.engine.metrics.boundary_counts`).
 """
 
 from __future__ import annotations
@@ -62,8 +66,10 @@ class SegmentationModule(L.LightningModule):
         palette: list[tuple[int, int, int]] | None = None,
     ) -> None:
         super().__init__()
-        from arseg.losses import CEARLoss
+        from arseg.losses import CompositeLoss
         from arseg.models import build_model
+
+        from .objective import resolve_terms
 
         self.cfg = cfg
         mcfg, lcfg = cfg["model"], cfg["loss"]
@@ -89,18 +95,18 @@ class SegmentationModule(L.LightningModule):
             raise ValueError(
                 f"loss.class_weight has {len(lcfg['class_weight'])} entries, the model {num_classes} classes"
             )
-        self.criterion = CEARLoss(
-            lambda_ar=lcfg["lambda_ar"],
+        self.terms = resolve_terms(lcfg)
+        self.criterion = CompositeLoss(
+            {name: term.options for name, term in self.terms.items()},
             class_weight=lcfg["class_weight"],
             ignore_index=lcfg["ignore_index"],
-            scales=tuple(lcfg["scales"]) if lcfg["scales"] is not None else None,
-            method=lcfg["method"],
-            kernel=lcfg["kernel"],
             align_corners=model_align_corners(self.model),
         )
         self.ignore_index = int(lcfg["ignore_index"])
         self.val_metrics = SegmentationMetrics(num_classes, ignore_index=self.ignore_index)
         self.val_ar = MeanMetric()
+        # the other terms' values on val (AR's is per image, as it always was)
+        self.val_terms = nn.ModuleDict({name: MeanMetric() for name in self.terms if name != "ar"})
         self.test_confusions: list[np.ndarray] = []
         self.test_boundary: list[np.ndarray] = []  # per batch (B, 2, C) Boundary IoU I and U
         self.boundary_ratio = BOUNDARY_RATIO  # band width / image diagonal (arseg eval sets it)
@@ -143,30 +149,14 @@ class SegmentationModule(L.LightningModule):
         return self.criterion.cross_entropy(logits, target)
 
     def _ar(self, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-        from arseg.losses import ar_loss
+        return self.criterion.term("ar", logits, target, reduction=reduction)
 
-        return ar_loss(
-            logits,
-            target,
-            scales=self.criterion.scales,
-            ignore_index=self.ignore_index,
-            reduction=reduction,
-            method=self.criterion.method,
-            kernel=self.criterion.kernel,
-        )
+    def _term_weights(self) -> dict[str, float]:
+        """Every term's weight of this step (its schedule): a function of global_step only."""
+        from .objective import term_weights
 
-    def _lambda_ar(self) -> float:
-        """The AR weight of this step (``loss.lambda_schedule``): a function of global_step only."""
-        from arseg.losses import lambda_at
-
-        lcfg = self.cfg["loss"]
-        return lambda_at(
-            self.global_step,
-            int(self.trainer.estimated_stepping_batches),
-            lcfg["lambda_ar"],
-            lcfg["lambda_schedule"],
-            lcfg["lambda_final_ratio"],
-            lcfg["lambda_power"],
+        return term_weights(
+            self.terms, self.global_step, int(self.trainer.estimated_stepping_batches)
         )
 
     def _poly_factor(self) -> float:
@@ -187,15 +177,8 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         images, target = batch
         logits, aux = _main_and_aux(self.model(images))
-        lambda_ar = self._lambda_ar()
-        if self.criterion.lambda_ar > 0:
-            _, ce, ar = self.criterion(logits, target)
-            total = ce + lambda_ar * ar
-        else:
-            ce = self._ce(logits, target)
-            with torch.no_grad():
-                ar = self._ar(logits.detach(), target)
-            total = ce
+        lambdas = self._term_weights()
+        total, ce, values = self.criterion(logits, target, lambdas)
         aux_logged: dict[str, Tensor] = {}
         if self.cfg["loss"]["aux"]:
             weights = getattr(self.model, "aux_weights", {})
@@ -209,10 +192,21 @@ class SegmentationModule(L.LightningModule):
             "train/loss", total.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs
         )
         self.log("train/ce", ce.detach(), on_step=True, on_epoch=False, batch_size=bs)
-        self.log(
-            "train/ar", ar.detach(), on_step=True, on_epoch=False, prog_bar=True, batch_size=bs
-        )
-        self.log("train/lambda_ar", lambda_ar, on_step=True, on_epoch=False, batch_size=bs)
+        terms_logged: dict[str, Any] = {}
+        for name, value in values.items():
+            terms_logged[f"train/{name}"] = value.detach()
+            terms_logged[f"train/lambda_{name}"] = lambdas[name]
+            self.log(
+                f"train/{name}",
+                value.detach(),
+                on_step=True,
+                on_epoch=False,
+                prog_bar=name == "ar",
+                batch_size=bs,
+            )
+            self.log(
+                f"train/lambda_{name}", lambdas[name], on_step=True, on_epoch=False, batch_size=bs
+            )
         lr = self.optimizers().optimizer.param_groups[0]["lr"]  # type: ignore[union-attr]
         self.log("lr", lr, on_step=True, on_epoch=False, batch_size=bs)
         # Lightning saves step checkpoints before it hands this step's values to the loggers: the
@@ -222,8 +216,7 @@ class SegmentationModule(L.LightningModule):
             "epoch": self.current_epoch,
             "train/loss": total.detach(),
             "train/ce": ce.detach(),
-            "train/ar": ar.detach(),
-            "train/lambda_ar": lambda_ar,
+            **terms_logged,
             "lr": lr,
             **aux_logged,
         }
@@ -254,6 +247,13 @@ class SegmentationModule(L.LightningModule):
         self._update_ar(logits, target)
         up = upsample_logits(logits, target.shape[-2:], self.criterion.align_corners)
         self.val_metrics.update(up.argmax(1), target)
+        self._update_terms(up, target)
+
+    def _update_terms(self, up: Tensor, target: Tensor) -> None:
+        """The values of the terms other than AR on val, on the label-size logits."""
+        if (target != self.ignore_index).any():
+            for name, metric in self.val_terms.items():
+                metric.update(self.criterion.term(name, up, target), weight=target.shape[0])
 
     def _update_ar(self, logits: Tensor, target: Tensor) -> None:
         per_image = self._ar(logits, target, reduction="none")
@@ -269,6 +269,11 @@ class SegmentationModule(L.LightningModule):
             f"{prefix}/pixel_acc": float(scores["pixel_acc"]),
             f"{prefix}/ar": float(ar),
         }
+        for name, metric in self.val_terms.items():
+            values[f"{prefix}/{name}"] = (
+                float(metric.compute()) if metric.update_count > 0 else float("nan")
+            )
+            metric.reset()
         for name, iou in zip(self.class_names, scores["iou"].tolist()):
             values[f"{prefix}/iou/{name}"] = iou
         for key, value in values.items():
@@ -294,6 +299,9 @@ class SegmentationModule(L.LightningModule):
         native = self.model(images)
         native, _ = _main_and_aux(native)
         self._update_ar(native, target)
+        if self.val_terms:
+            up = upsample_logits(native, target.shape[-2:], self.criterion.align_corners)
+            self._update_terms(up, target)
         plain = list(ecfg["scales"]) == [1.0] and not ecfg["flip"] and ecfg["mode"] == "whole"
         if plain:
             logits = upsample_logits(native, target.shape[-2:], self.criterion.align_corners)

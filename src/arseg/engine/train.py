@@ -94,6 +94,8 @@ for _pattern in (
     r".*It is recommended to use `self.log\(.*sync_dist=True.*",
     r".*torch.use_deterministic_algorithms.*",
     r".*LeafSpec.*",
+    # the module's batch hook (channels_last) is meant to serve every data module
+    r".*You have overridden `on_after_batch_transfer` in `LightningModule`.*",
 ):
     warnings.filterwarnings("ignore", message=_pattern)
 
@@ -905,6 +907,8 @@ def _evaluate(
         "miou": res["test/miou"],
         "pixel_acc": res["test/pixel_acc"],
         "val_ar": res["test/ar"],
+        # the other loss terms of the run, on this split (e.g. val_lovasz)
+        **{f"val_{name}": res[f"test/{name}"] for name in module.val_terms},
         "boundary_iou": float(b_scores["boundary_iou"]),
         "iou_per_class": {name: res[f"test/iou/{name}"] for name in module.class_names},
         "boundary_iou_per_class": dict(zip(module.class_names, b_scores["iou"].tolist())),

@@ -8,6 +8,8 @@
   (Ke et al. 2018, fixed class weights), :func:`dice_loss` / :class:`DiceLoss` (soft Dice).
 * :data:`LOSS_TERMS`, :func:`loss_term`, :func:`check_term_options`: the terms the engine can add
   to CE, with their options.
+* :class:`CompositeLoss`: CE + any weighted set of those terms, the weights handed per call
+  (the engine's objective), returning :class:`CompositeLossOutput`.
 * :func:`lambda_at`: a term weight decayed over a run (constant, linear, exp, poly).
 * :func:`label_affinity`, :func:`sqrt_affinity`, :func:`prediction_affinity` (either kernel): the
   explicit N x N matrices (figures, tests).
@@ -15,6 +17,7 @@
 
 from .aaf import AAFLoss, aaf_loss
 from .affinity import KERNELS, label_affinity, prediction_affinity, sqrt_affinity
+from .composite import CompositeLoss, CompositeLossOutput
 from .dice import DiceLoss, dice_loss
 from .functional import AUTO_EXPLICIT_MAX_POSITIONS, OBJECTIVES, ar_loss
 from .lovasz import LovaszSoftmaxLoss, lovasz_softmax_loss
@@ -34,6 +37,8 @@ __all__ = [
     "ARLoss",
     "CEARLoss",
     "CEARLossOutput",
+    "CompositeLoss",
+    "CompositeLossOutput",
     "DiceLoss",
     "LossTerm",
     "LovaszSoftmaxLoss",
