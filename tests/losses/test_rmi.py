@@ -173,6 +173,33 @@ def test_float32_matches_float64_where_the_textbook_float32_form_fails(gap):
         assert (rmi32.double() - rmi64).abs().max().item() > 1e-3
 
 
+def test_a_perfect_prediction_on_a_large_map_against_its_closed_form():
+    """Probabilities that are an affine function of the labels, P_c = a Y_c (centred), make
+    Sigma = G - a^2 G (a^2 G + eps)^-1 G with G = Y_c Y_c^T: in G's eigenbasis
+    log det(Sigma + eps I) = sum_g log(eps (1 + g / (a^2 g + eps))), exact from G's eigenvalues.
+
+    Moments of ~10^3-10^4 here: float32 rounds them by more than eps, so the textbook form in
+    float32 is far off (and in float64 it already loses ~1e-4 through its explicit inverse).
+    """
+    target = torch.zeros(1, 192, 256, dtype=torch.int64)
+    target[:, :, 128:] = 1  # two half-planes, a straight boundary
+    onehot = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2)
+    logits = 20.0 * (2 * onehot - 1).float()  # sigmoid: 1 - 2e-9 rounds to 1 in float32
+    probs = (torch.sigmoid(logits) + 1e-6).double()  # the float32 values the loss sees
+    a = (probs.max() - probs.min()).item()
+    labels = region_vectors(max_pool(onehot.double(), 3, 3), 3)
+    labels = labels - labels.mean(dim=-1, keepdim=True)
+    expected = 0.0
+    for c in range(2):
+        g = torch.linalg.eigvalsh(labels[0, c] @ labels[0, c].T).clamp(min=0)
+        expected += 0.5 * torch.log(EPS * (1 + g / (a * a * g + EPS))).sum().item() / 9
+    got = rmi_loss(logits, target, bce_weight=0.0)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    _, _, rmi32 = reference_terms_float32(logits, target)
+    assert abs(rmi32.sum().item() - expected) > 1e-2
+
+
 def reference_terms_float32(logits, target, radius=3, eps=EPS):
     """The textbook Sigma (difference of products, explicit inverse) evaluated in float32."""
     valid = target != 255
