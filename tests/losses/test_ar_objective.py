@@ -115,15 +115,15 @@ def test_gradcheck(monkeypatch, method):
 
 
 def test_blockwise_never_allocates_an_n_by_n_buffer(monkeypatch):
-    monkeypatch.setattr(functional, "BCE_BLOCK_ELEMENTS", 2**16)  # 42 rows per block
-    n = 32 * 48
-    logits = torch.randn(1, 5, 32, 48, requires_grad=True)
-    target = torch.randint(0, 5, (1, 32, 48))
+    n = 16 * 40
+    monkeypatch.setattr(functional, "BCE_BLOCK_ELEMENTS", 80 * n)  # 80 rows: 8 blocks
+    logits = torch.randn(1, 5, 16, 40, requires_grad=True)
+    target = torch.randint(0, 5, (1, 16, 40))
     target[0, :3] = 255
     with _LargestTensor() as mode:
         loss = ar_loss(logits, target, scales=None, method="factorized", objective="bce")
         loss.backward()
-    assert mode.largest <= max(2**16, 5 * n)  # row blocks and (B, C, N), never 1536^2
+    assert mode.largest <= 80 * n  # row blocks and (B, C, N) buffers, never N x N
     with _LargestTensor() as mode:
         reference = ar_loss(logits, target, scales=None, method="explicit", objective="bce")
     assert mode.largest >= n * n
