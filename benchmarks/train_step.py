@@ -527,6 +527,30 @@ def profile_step(args, batches, cfg, channels_last: bool) -> None:
     print("```")
 
 
+def ar_term_alone(args, batches) -> None:
+    """The AR term's forward + backward on fixed logits of the step's shape, many repetitions:
+    the step's AR cost (its backward is otherwise inside the step's backward)."""
+    device = torch.device(args.device)
+    model, _, criterion = _build_step_parts(device, False, args.lambda_ar)
+    x, y = (t.to(device) for t in batches[0])
+    with torch.no_grad():
+        logits = _logits(model(x)).detach()
+    logits.requires_grad_(True)
+    reps = 20
+    for _ in range(3):
+        ar_loss(logits, y, scales=criterion.scales).backward()
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        ar_loss(logits, y, scales=criterion.scales).backward()
+    _sync(device)
+    seconds = (time.perf_counter() - t0) / reps
+    print(
+        f"\nAR term alone (forward + backward on fixed logits {tuple(logits.shape)}, {reps} "
+        f"repetitions): {1e3 * seconds:.1f} ms"
+    )
+
+
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float((a - b).norm() / b.norm().clamp(min=1e-300))
@@ -630,6 +654,9 @@ def run_camvid(args: argparse.Namespace) -> None:
         for cl in (False, True):
             profile_step(args, batches, cfg, cl)
 
+    if not args.no_profile:
+        ar_term_alone(args, batches)
+
     variants = lever_variants(args.device, args.compile)
     if args.only_levers:
         variants = [v for v in variants if any(s in v["name"] for s in args.only_levers)]
@@ -645,6 +672,7 @@ def run_camvid(args: argparse.Namespace) -> None:
 
     if not args.no_check:
         channels_last_difference(args, batches)
+    print(f"\nload average at the end: {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 def main() -> None:
