@@ -113,7 +113,11 @@ if torch.cuda.is_available():
     p = torch.cuda.get_device_properties(0)
     show("gpu", f"{p.name}, capability {p.major}.{p.minor}, {p.total_memory / 2**30:.1f} GiB, "
                f"{p.multi_processor_count} SMs")
-    show("nccl", ".".join(map(str, torch.cuda.nccl.version())))
+    try:
+        v = torch.cuda.nccl.version()
+        show("nccl", ".".join(map(str, v)) if isinstance(v, tuple) else v)
+    except Exception as err:
+        show("nccl", f"unavailable ({type(err).__name__})")
 from importlib import metadata, util
 for dist, module in (("lightning", "lightning"), ("torchmetrics", "torchmetrics"), ("timm", "timm"),
                      ("torchvision", "torchvision"), ("numpy", "numpy"), ("triton", "triton"),
@@ -242,13 +246,15 @@ def build_parts(args: argparse.Namespace, work: Path, out: Path) -> list[Part]:
         loss = ["--device", "cuda", "--repeats", "20"]
         step = ["--device", "cuda"]
         model = ["--device", "cuda", "--repeats", "5", "--warmup", "2"]
+    # loss_speed.py prints the AR table and (since 2026-12) the structural peers' table
+    tables = '"--table"' in (bench / "loss_speed.py").read_text()
     parts.append(
         Part(
             "loss_speed",
             "AR loss speed (benchmarks/loss_speed.py)",
             60,
             10,
-            argv=[PY, str(bench / "loss_speed.py"), *loss],
+            argv=[PY, str(bench / "loss_speed.py"), *loss, *(["--table", "ar"] if tables else [])],
         )
     )
     for precision in ("fp32", "bf16"):
@@ -394,6 +400,18 @@ def build_parts(args: argparse.Namespace, work: Path, out: Path) -> list[Part]:
             argv=[PY, str(bench / "train_step.py"), "--setting", "camvid", *camvid_step],
         )
     )
+    if tables:
+        peers = ["--max-pixels", "8192"] if dry else []
+        parts.append(
+            Part(
+                "loss_speed_peers",
+                "Structural peer losses' speed (loss_speed.py --table peers)",
+                60,
+                20,
+                optional=True,
+                argv=[PY, str(bench / "loss_speed.py"), *loss, "--table", "peers", *peers],
+            )
+        )
     return parts
 
 
