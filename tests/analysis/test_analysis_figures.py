@@ -216,3 +216,39 @@ def test_curves_iteration_ticks_are_integers_and_raw_traces_differ():
     assert all(rgb_to_hsv(c)[1] > 0.2 for c in colors)  # coloured, not grey
     assert all(line.get_alpha() in (None, 1.0) for line in raw)  # opaque: overlaps stay apart
     plt.close(fig)
+
+
+def test_arm_deltas_draw_each_arm_where_its_interval_is():
+    """Read the figure back: every arm's dot and bar at its difference (points), orange only
+    where the interval excludes 0; with x the same values against the arms' weights."""
+    from matplotlib.colors import to_hex
+
+    from arseg.analysis.figures import LINE_COLORS, plot_arm_deltas
+
+    rows = [("CE + 0.1 AR", 0.0003, -0.0001, 0.0007), ("CE + 1.0 AR", 0.0025, 0.0019, 0.0031)]
+    fig = plot_arm_deltas({"best-val": rows, "last step": rows[::-1]}, control="CE only")
+    best, last = fig.axes
+    assert [t.get_text() for t in best.get_yticklabels()] == ["CE + 0.1 AR", "CE + 1.0 AR"]
+    assert [t.get_text() for t in last.get_yticklabels()] == ["CE + 1.0 AR", "CE + 0.1 AR"]
+    dots = [line for line in best.lines if line.get_marker() == "o"]
+    xy = np.array([line.get_xydata()[0] for line in dots])
+    assert np.allclose(xy, [(0.03, 0), (0.25, 1)])
+    assert [to_hex(line.get_color()) for line in dots] == [
+        to_hex(LINE_COLORS[0]),
+        to_hex(LINE_COLORS[1]),
+    ]
+    bars = [c for c in best.collections if c.get_segments()]
+    ends = sorted(tuple(np.round(seg[:, 0], 6)) for c in bars for seg in c.get_segments())
+    assert ends == [(-0.01, 0.07), (0.19, 0.31)]
+    assert best.get_xlabel() == "mIoU - CE only (points)"
+    plt.close(fig)
+
+    curve = plot_arm_deltas({"best-val": rows}, x=[0.1, 1.0], xlabel="lambda", log_x=True)
+    (ax,) = curve.axes
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    xy = np.array([line.get_xydata()[0] for line in dots])
+    assert np.allclose(xy, [(0.1, 0.03), (1, 0.25)])
+    assert ax.get_xscale() == "log" and ax.get_xlabel() == "lambda"
+    with pytest.raises(ValueError, match="x has 3 values"):
+        plot_arm_deltas({"best-val": rows}, x=[0.1, 0.3, 1.0])
+    plt.close(curve)

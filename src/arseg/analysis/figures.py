@@ -6,6 +6,8 @@
 * :func:`plot_overlays` — Figure 2: input, ground truth and each model's prediction, with a
   class colour legend.
 * :func:`plot_per_class_iou`, :func:`plot_class_deltas` — per-class IoU and its differences.
+* :func:`plot_arm_deltas` — a study's arms against its control: a forest plot of the mIoU
+  differences, or the difference against a numeric setting of the arms (a weight curve).
 
 All functions return a :class:`matplotlib.figure.Figure`; :func:`save_figure` writes it,
 :func:`figure_to_base64` embeds it in HTML. Colours: the dataset palette for label maps when it
@@ -37,6 +39,7 @@ __all__ = [
     "default_palette",
     "figure_to_base64",
     "plot_affinity",
+    "plot_arm_deltas",
     "plot_class_deltas",
     "plot_curves",
     "plot_overlays",
@@ -486,5 +489,65 @@ def plot_class_deltas(
         fontsize=8,
         title_fontsize=8,
         frameon=False,
+    )
+    return fig
+
+
+def plot_arm_deltas(
+    panels: Mapping[str, Sequence[tuple[str, float, float, float]]],
+    *,
+    control: str = "control",
+    x: Sequence[float] | None = None,
+    xlabel: str = "",
+    log_x: bool = False,
+    level: float = 0.95,
+) -> Figure:
+    """Each arm's mIoU difference with its control (points) and interval, one panel per key.
+
+    ``panels`` maps a panel title (e.g. ``"best-val"``, ``"last step"``) to rows
+    ``(arm label, delta, low, high)`` in fractions. Without ``x`` each panel is a forest plot
+    (one row per arm, orange where the interval excludes 0); with ``x`` (a number per row,
+    e.g. the arms' loss weights) the differences are drawn against it, a weight curve.
+    """
+    if not panels or not all(panels.values()):
+        raise ValueError("plot_arm_deltas needs at least one panel with at least one arm")
+    n_rows = max(len(rows) for rows in panels.values())
+    if x is not None and any(len(rows) != len(x) for rows in panels.values()):
+        raise ValueError(f"x has {len(x)} values, the panels {[len(r) for r in panels.values()]}")
+    size = (4.2 * len(panels), 3.4) if x is not None else (4.2 * len(panels), 0.4 * n_rows + 1.4)
+    fig, axes = plt.subplots(1, len(panels), figsize=size, layout="constrained", squeeze=False)
+    for ax, (title, rows) in zip(axes[0], panels.items()):
+        d = 100 * np.array([r[1] for r in rows], dtype=float)
+        lo = 100 * np.array([r[2] for r in rows], dtype=float)
+        hi = 100 * np.array([r[3] for r in rows], dtype=float)
+        sig = (lo > 0) | (hi < 0)
+        pos = np.asarray(x, dtype=float) if x is not None else np.arange(len(rows))
+        for k in range(len(rows)):
+            err = [[d[k] - lo[k]], [hi[k] - d[k]]]
+            color = LINE_COLORS[1] if sig[k] else LINE_COLORS[0]
+            if x is None:
+                ax.errorbar(d[k], pos[k], xerr=err, fmt="o", color=color, capsize=3)
+            else:
+                ax.errorbar(pos[k], d[k], yerr=err, fmt="o", color=color, capsize=3)
+        if x is None:
+            ax.axvline(0, color="0.4", lw=1, ls="--")
+            ax.set_yticks(pos, [r[0] for r in rows])
+            ax.invert_yaxis()
+            ax.set_xlabel(f"mIoU - {control} (points)")
+            ax.grid(axis="x", alpha=0.3)
+        else:
+            ax.plot(pos, d, color="0.5", lw=1, zorder=0)
+            ax.axhline(0, color="0.4", lw=1, ls="--")
+            if log_x:
+                ax.set_xscale("log")
+            ax.set_xticks(pos, [f"{v:g}" for v in pos])
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"mIoU - {control} (points)")
+            ax.grid(alpha=0.3)
+        ax.set_title(title, fontsize=10)
+    fig.suptitle(
+        f"dot = mean difference over paired seeds, bar = {100 * level:.0f}% two-level bootstrap "
+        "interval (orange: excludes 0)",
+        fontsize=8,
     )
     return fig
