@@ -147,7 +147,7 @@ def test_config_key_loss_kernel_reaches_the_criterion():
         ],
     )
     module = SegmentationModule(cfg)
-    assert module.criterion.kernel == "linear"
+    assert module.terms["ar"].options["kernel"] == "linear"
     logits, target = _case(5)
     logits, target = logits[:, :3].float(), target.clamp(max=2)
     expected = ar_loss(logits, target, kernel="linear")

@@ -102,7 +102,7 @@ def test_engine_resolves_lambda_from_the_global_step_only():
         # (what a resumed run restores), not on anything the module accumulated.
         module._trainer = SimpleNamespace(global_step=step, estimated_stepping_batches=40)
         expected = 0.2 * (0.5 + 0.5 * (1 - step / 40) ** 0.9)
-        assert module._lambda_ar() == pytest.approx(expected, rel=1e-12)
+        assert module._term_weights()["ar"] == pytest.approx(expected, rel=1e-12)
     module._trainer = None
 
 
