@@ -278,6 +278,19 @@ _DDP_SCRIPT = textwrap.dedent(
                 "bn": sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in modules),
                 "device": next(pl_module.parameters()).device.type,
             }
+            # does the (SyncBatchNorm-converted) model still compute what the model computes?
+            from arseg.models import build_model
+
+            mcfg = pl_module.cfg["model"]
+            device = next(pl_module.parameters()).device
+            ref = build_model(mcfg["name"], num_classes=mcfg["num_classes"], **mcfg["options"])
+            ref = ref.to(device).eval()
+            ref.load_state_dict(pl_module.model.state_dict())
+            x = torch.randn(2, 3, 32, 32, device=device)
+            pl_module.model.eval()
+            with torch.no_grad():
+                info["function_diff"] = float((pl_module.model(x) - ref(x)).abs().max())
+            pl_module.model.train()
             with open(out_json, "w") as f:
                 json.dump(info, f)
 
@@ -319,6 +332,16 @@ def test_ddp_on_one_gpu_with_sync_batchnorm(tmp_path):
     assert single["num_images"] == 7
     assert summary["final"]["val/miou"] == pytest.approx(single["miou"], abs=1e-6)
     assert summary["final"]["val/ar"] == pytest.approx(single["val_ar"], rel=1e-5)
+    if info["function_diff"] > 1e-4:
+        # Seen on the CPU (2026-12-04): torch's SyncBatchNorm.convert_sync_batchnorm, which
+        # Lightning's sync_batchnorm=True applies, turns timm's BatchNormAct2d (BatchNorm +
+        # ReLU6 in one module, in the MobileNet-v2 and EfficientNet-Lite encoders) into a plain
+        # SyncBatchNorm: the activations are dropped (eval logits move by ~6).
+        # timm.layers.convert_sync_batchnorm keeps them. A fix belongs in the engine.
+        pytest.xfail(
+            f"known bug: SyncBatchNorm conversion changes the model (max |diff| "
+            f"{info['function_diff']:.3g}): timm's BatchNormAct2d loses its activation"
+        )
 
 
 _SYNC_BN_SCRIPT = textwrap.dedent(
