@@ -520,7 +520,7 @@ def profile_step(args, batches, cfg, channels_last: bool) -> None:
         cpu_ms = events[p].cpu_time_total / 1e3
         extra = f" {getattr(events[p], time_attr, 0) / 1e3:.1f} |" if device.type == "cuda" else ""
         print(f"| {p} | {cpu_ms:.1f} | {events[p].cpu_time_total / total:.0%} |{extra}")
-    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    sort = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\ntop operators by {sort.replace('_', ' ')} ({label}):\n")
     print("```")
     print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=40))
