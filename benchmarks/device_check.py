@@ -653,19 +653,21 @@ def _mib(path: Path) -> float:
 
 
 def _tree_mib() -> float:
-    """Tracked files plus untracked files git does not ignore: what travels besides the carry."""
-    proc = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    )
-    total = 0
-    for name in proc.stdout.decode().split("\0"):
-        f = ROOT / name
-        if name and f.is_file():
-            total += f.stat().st_size
-    return total / 2**20
+    """Tracked files plus untracked files git does not ignore: what travels besides the carry
+    (without git: every file outside .git, .venv, runs, caches and the carry)."""
+    try:
+        proc = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        names = [n for n in proc.stdout.decode().split("\0") if n]
+        files = [ROOT / n for n in names]
+    except (OSError, subprocess.CalledProcessError):
+        skip = {".git", ".venv", "runs", "__pycache__", ".pytest_cache", ".ruff_cache", CARRY.name}
+        files = [f for f in ROOT.rglob("*") if not skip & set(f.relative_to(ROOT).parts)]
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
 def _package_dir(module: str) -> Path | None:
