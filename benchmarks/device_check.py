@@ -384,7 +384,7 @@ def build_parts(args: argparse.Namespace, work: Path, out: Path) -> list[Part]:
             "--rounds",
             "2",
             "--steps",
-            "20",
+            "10",
             "--warmup",
             "3",
             "--threads",
@@ -619,7 +619,8 @@ def check(args: argparse.Namespace) -> int:
                 part.status = f"skipped: .device_carry lacks {part.needs} (run --prepare, carry it)"
                 continue
             if left < part.min_s:
-                part.status = f"skipped: {max(left, 0):.0f} s left, needs {part.min_s:.0f}"
+                why = "if time remains: " if part.optional else ""
+                part.status = f"skipped ({why}{max(left, 0):.0f} s left, needs {part.min_s:.0f})"
                 continue
             budget = min(part.budget, left)
             print(
