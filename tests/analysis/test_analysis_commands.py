@@ -182,6 +182,26 @@ def test_compare_pairs_arms_on_the_seeds_they_share(tmp_path, make_run, capsys):
     )
 
 
+def test_compare_pairs_by_seed_whatever_order_the_runs_come_in(tmp_path, make_run) -> None:
+    """Arm B's runs listed in another seed order than arm A's: still paired by seed, so the
+    comparison is the one of the runs listed in the same order."""
+    for seed in (1, 2, 3):  # the seed moves both arms alike: pairing by order would show it
+        make_run(tmp_path / "a" / f"s{seed}", seed=seed, accuracy=0.5 + 0.1 * seed)
+        make_run(tmp_path / "b" / f"s{seed}", seed=seed, accuracy=0.55 + 0.1 * seed)
+
+    def compare(order_b, name):
+        arm_b = ",".join(str(tmp_path / "b" / f"s{seed}") for seed in order_b)
+        argv = ["compare", str(tmp_path / "a"), arm_b, "--n-boot", "200"]
+        assert main([*argv, "--json", str(tmp_path / name)]) == 0
+        return json.loads((tmp_path / name).read_text())
+
+    shuffled, ordered = compare((3, 1, 2), "shuffled.json"), compare((1, 2, 3), "ordered.json")
+    assert shuffled["paired_by"] == "seed"
+    assert shuffled["arm_a"]["seeds"] == [1, 2, 3] == shuffled["arm_b"]["seeds"]
+    for key in ("seed_test", "bootstrap", "delta_miou", "boundary_iou", "per_class"):
+        assert shuffled[key] == ordered[key], key
+
+
 def test_compare_command_reproducible(fake_arms, tmp_path, capsys):
     ce, ar = fake_arms
     args = ["compare", str(ce), str(ar), "--n-boot", "500", "--seed", "3"]

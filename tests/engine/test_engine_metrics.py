@@ -121,8 +121,12 @@ def test_boundary_iou_of_a_square_shifted_by_three_pixels():
     scores = boundary_iou_from_counts(counts)
     assert scores["iou"].tolist() == pytest.approx([580 / 764, 68 / 220])
     assert float(scores["boundary_iou"]) == pytest.approx((580 / 764 + 68 / 220) / 2)
-    # stricter than the mask IoU of the square, 340 / 460
-    assert 68 / 220 < 340 / 460
+    # stricter than the mask IoU of the square (an overlap of 20 x 17 = 340 px of 460)
+    from arseg.engine.metrics import confusion_matrix, scores_from_confusion
+
+    mask_iou = scores_from_confusion(confusion_matrix(pred, gt, 2)[0])["iou"]
+    assert mask_iou[1].item() == pytest.approx(340 / 460)
+    assert scores["iou"][1].item() < mask_iou[1].item()
     # an exact prediction scores 1 everywhere
     same = boundary_counts(gt, gt, 2)
     assert same[0, 0].tolist() == same[0, 1].tolist() == [672, 144]
@@ -164,6 +168,21 @@ def test_boundary_iou_ignores_unlabelled_pixels():
 
     scores = boundary_iou_from_counts(boundary_counts(pred, gt, 3))
     assert torch.isnan(scores["iou"][2]) and float(scores["boundary_iou"]) == 1.0
+
+
+def test_the_band_width_of_a_wide_image_comes_from_its_diagonal():
+    """A 24 x 120 image at ratio 0.05: d = round(0.05 * 122.4) = 6, where its height alone would
+    give 2 (0.05 * 33.9) and its width alone 8 (0.05 * 169.7)."""
+    from arseg.engine.metrics import boundary_counts, boundary_width
+
+    assert boundary_width(24, 120, 0.05) == 6
+    # a square of side 20 (rows 2..21, cols 50..69): its band is a ring d px wide
+    square = _labels(24, 120, (1, 2, 22, 50, 70))
+    counts = boundary_counts(square, square, 2, ratio=0.05)
+    assert counts[0, :, 1].tolist() == [20**2 - 8**2] * 2  # 336 px: d = 6
+    # the same square in the same image turned upright: the same diagonal, the same band
+    tall = _labels(120, 24, (1, 50, 70, 2, 22))
+    assert boundary_counts(tall, tall, 2, ratio=0.05)[0, :, 1].tolist() == [336, 336]
 
 
 def test_boundary_counts_match_the_reference_erosion():

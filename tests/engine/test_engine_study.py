@@ -236,6 +236,18 @@ def test_a_config_that_only_adds_seeds_or_arms_extends_the_recorded_study(tmp_pa
         changed = {**more, "arms": {**more["arms"], **change}}
         with pytest.raises(StudyError, match="arms differ"):
             _prepare_out(changed, config, out)
+    # a change of an arm that has run, hidden behind an added seed or arm, is refused as well
+    for change in (
+        {"ar": {**more["arms"]["ar"], "seeds": [1, 2, 3, 4], "overrides": {"loss.lambda_ar": 0.2}}},
+        {"ar": {**more["arms"]["ar"], "seeds": [1, 2, 3, 4], "label": "renamed"}},
+        {
+            "ce": {**more["arms"]["ce"], "overrides": {"loss.lambda_ar": 0.5}},
+            "ar2": {"label": "CE + 2 AR", "seeds": [1], "overrides": {"loss.lambda_ar": 2.0}},
+        },
+    ):
+        changed = {**more, "arms": {**more["arms"], **change}}
+        with pytest.raises(StudyError, match="arms differ"):
+            _prepare_out(changed, config, out)
     with pytest.raises(StudyError, match="n_boot differ"):
         _prepare_out({**more, "n_boot": 100}, config, out)
     assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == more["arms"]
