@@ -29,7 +29,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -39,7 +38,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
+
+from arseg.analysis.records import RunError, read_json, read_metrics_csv, read_yaml
 
 __all__ = [
     "CHECKPOINTS",
@@ -54,10 +54,6 @@ __all__ = [
 
 #: The checkpoints whose evaluations the analysis commands select with ``--checkpoint``.
 CHECKPOINTS = ("best", "last")
-
-
-class RunError(ValueError):
-    """A path is not a run directory, or lacks a file that a command needs."""
 
 
 def eval_dir_name(split: str, checkpoint: str = "best") -> str:
@@ -130,15 +126,14 @@ class Run:
         file = self.path / "config.yaml"
         if not file.is_file():
             return {}
-        with file.open() as f:
-            data = yaml.safe_load(f)
+        data = read_yaml(file)
         return data if isinstance(data, dict) else {}
 
     @cached_property
     def summary(self) -> dict[str, Any]:
         """summary.json (``{}`` when absent)."""
         file = self.path / "summary.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
+        return read_json(file, mapping=True) if file.is_file() else {}
 
     @property
     def config_val_split(self) -> str:
@@ -192,7 +187,7 @@ class Run:
         file = self.path / "metrics.csv"
         if not file.is_file():
             raise RunError(f"{self.path} has no metrics.csv (is it a run directory?)")
-        return pd.read_csv(file)
+        return read_metrics_csv(file)
 
     @property
     def has_metrics(self) -> bool:
@@ -336,10 +331,7 @@ def _as_float(value: Any) -> float:
 
 
 def _read_json(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot read {file}: {err}") from None
+    data = read_json(file)
     return data if isinstance(data, dict) else {}
 
 
