@@ -169,6 +169,7 @@ def _fail(err: Exception) -> int:
 def _expected_errors() -> tuple[type[Exception], ...]:
     from .checkpoint import CheckpointMismatchError
     from .config import ConfigError
+    from .dirlock import DirectoryLockError
     from .train import MisconfigurationException, RunDirError
 
     # ValueError / TypeError cover the input checks of the datasets (DatasetError), models and
@@ -178,6 +179,7 @@ def _expected_errors() -> tuple[type[Exception], ...]:
         ConfigError,
         CheckpointMismatchError,
         RunDirError,
+        DirectoryLockError,  # another process holds the directory: what holds it, what to do
         FileNotFoundError,
         ValueError,
         TypeError,

@@ -69,6 +69,7 @@ from .config import (
     validate_config,
 )
 from .datamodule import SeedDataModule, build_eval_dataset
+from .dirlock import LOCK_NAME, Guard, output_lock
 from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
 
@@ -193,7 +194,9 @@ def _checkpoints_in(run_dir: Path) -> list[Path]:
 def _is_failed_start(run_dir: Path) -> bool:
     """Only arseg's own files and no checkpoint: a start that failed (or was killed) before its
     first checkpoint, which a retry may reuse without --overwrite."""
-    return not _checkpoints_in(run_dir) and all(p.name in _RUN_FILES for p in run_dir.iterdir())
+    return not _checkpoints_in(run_dir) and all(
+        p.name in _RUN_FILES or p.name == LOCK_NAME for p in run_dir.iterdir()
+    )
 
 
 def _prepare_run_dir(
@@ -423,7 +426,11 @@ def _truncate_metrics(run_dir: Path, checkpoint: dict[str, Any]) -> None:
     rows: list[dict[str, Any]] = []
     fields: list[str] = []
     if path.is_file():
-        lines = path.read_text().splitlines(keepends=True)
+        from arseg.analysis.records import check_metrics_csv
+
+        text = path.read_text()
+        check_metrics_csv(path, text, cut_last_ok=True)  # damaged: one line naming the file
+        lines = text.splitlines(keepends=True)
         if lines and not lines[-1].endswith("\n"):
             lines.pop()  # a row cut short by the crash
         reader = csv.DictReader(lines)
@@ -526,18 +533,24 @@ def fit(
 
     Raises:
         TrainingInterrupted: SIGTERM or SIGINT arrived; a resumable last.ckpt was saved.
+        DirectoryBusyError: another process holds the run directory (nothing was changed).
     """
     threads = torch.get_num_threads()
+    # The run directory's lock (arseg.engine.dirlock), held by rank 0 until the end: one
+    # already held by another process is refused here, before any work.
+    guard = Guard(resolve_run_dir(cfg), enabled=rank_zero_only.rank == 0)
     try:
         if cfg["trainer"]["num_threads"]:
             torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
-        return _fit(
-            copy.deepcopy(cfg),
-            resume=resume,
-            overwrite=overwrite,
-            allow_changes=allow_changes,
-            callbacks=callbacks,
-        )
+        with guard:
+            return _fit(
+                copy.deepcopy(cfg),
+                resume=resume,
+                overwrite=overwrite,
+                allow_changes=allow_changes,
+                callbacks=callbacks,
+                guard=guard,
+            )
     finally:
         torch.set_num_threads(threads)
 
@@ -590,6 +603,7 @@ def _fit(
     overwrite: bool,
     allow_changes: bool,
     callbacks: list[Any] | None,
+    guard: Guard | None = None,
 ) -> dict[str, Any]:
     run_dir = resolve_run_dir(cfg)
     cfg["run_dir"] = str(run_dir)
@@ -677,6 +691,8 @@ def _fit(
                 f"{'; '.join(changed)}. Resume with the run's settings (its config.yaml), or "
                 "pass --allow-changes to continue with the new ones"
             )
+    if guard is not None:
+        guard.take(mkdir=not resume)  # one process per run directory, before its first change
     ckpt_path = _prepare_run_dir(run_dir, resume=resume, overwrite=overwrite, need_bytes=need)
 
     if init_ckpt is not None:
@@ -785,22 +801,28 @@ def evaluate(
     if cfg is None:
         raise ValueError(f"{path} has no arseg config: it was not written by arseg")
     threads = torch.get_num_threads()
+    # writing into the run's own eval/ holds the run directory (not an evaluation elsewhere)
+    run_dir = Path(ckpt_or_run_dir)
+    if not run_dir.is_dir():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    lock = output_lock(run_dir, out_dir, hint=", or evaluate into another folder with --out")
     try:
         if cfg["trainer"].get("num_threads"):
             torch.set_num_threads(int(cfg["trainer"]["num_threads"]))
-        return _evaluate(
-            ckpt,
-            path,
-            cfg,
-            ckpt_or_run_dir,
-            split=split,
-            out_dir=out_dir,
-            eval_overrides=eval_overrides,
-            data_overrides=data_overrides,
-            accelerator=accelerator,
-            progress=progress,
-            boundary_ratio=BOUNDARY_RATIO if boundary_ratio is None else float(boundary_ratio),
-        )
+        with lock:
+            return _evaluate(
+                ckpt,
+                path,
+                cfg,
+                ckpt_or_run_dir,
+                split=split,
+                out_dir=out_dir,
+                eval_overrides=eval_overrides,
+                data_overrides=data_overrides,
+                accelerator=accelerator,
+                progress=progress,
+                boundary_ratio=BOUNDARY_RATIO if boundary_ratio is None else float(boundary_ratio),
+            )
     finally:
         torch.set_num_threads(threads)
 
