@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -127,9 +128,12 @@ def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
 
 
 def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
-    finished_study, tmp_path: Path
+    finished_study, tmp_path: Path, capsys
 ) -> None:
-    """Same config, same threads: same numbers; a killed study keeps its finished runs."""
+    """Same config, same threads: same numbers; a killed study keeps its finished runs; a second
+    study on the directory of a running one is refused in one line and changes nothing."""
+    from arseg.cli import main
+
     config, reference_out, _ = finished_study
     out = tmp_path / "out"
     proc = _study(config, out)
@@ -140,6 +144,13 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
     if not first.is_file():
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"no run finished in time:\n{proc.communicate()[0]}")
+    recorded = (out / "study.yaml").stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["study", str(config), "--out", str(out)]) == 2  # a second study, meanwhile
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"arseg: error: {out} is in use by another arseg process: pid {proc.pid}")
+    assert "`arseg study " in err and "Nothing was changed" in err and len(err.splitlines()) == 1
+    assert (out / "study.yaml").stat().st_mtime_ns == recorded
     os.killpg(proc.pid, signal.SIGKILL)  # the study and its running workers, without warning
     proc.wait()
     kept = {
@@ -425,3 +436,109 @@ def test_evidence_v3_studies_resolve_from_the_shared_peak(name) -> None:
     study = load_study_config(root / name)  # every arm's run config resolves
     assert study["baseline"] == str(peak.resolve()) and study["control"] == "ce"
     assert all(a["seeds"] == [1, 2, 3, 4, 5] for a in study["arms"].values())
+
+
+def _train_steps(metrics_csv: Path) -> list[int]:
+    """The training steps logged so far in a run's metrics.csv (being written: read leniently)."""
+    import csv
+
+    try:
+        lines = metrics_csv.read_text().splitlines(keepends=True)
+    except OSError:
+        return []
+    steps = []
+    for row in csv.DictReader(line for line in lines if line.endswith("\n")):
+        try:
+            if row.get("train/loss"):
+                steps.append(int(float(row["step"])))
+        except (TypeError, ValueError):
+            continue
+    return steps
+
+
+@pytest.mark.slow
+def test_a_second_study_is_refused_and_the_first_finishes_as_if_alone(
+    finished_study, tmp_path
+) -> None:
+    from arseg.analysis.records import damaged_records
+
+    config, reference_out, _ = finished_study
+    out = tmp_path / "out"
+    first = _study(config, out)
+    started = out / "state" / "ce_seed1.spec.json"  # the fine-tunes are under way
+    deadline = time.time() + 600
+    while not started.is_file() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    second = _study(config, out)  # e.g. a scheduler that requeued the job
+    refused = _finish(second, timeout=300)
+    assert second.returncode == 2, refused
+    (line,) = refused.strip().splitlines()
+    assert line.startswith(
+        f"arseg: error: {out} is in use by another arseg process: pid {first.pid}"
+    )
+    stdout = _finish(first)
+    assert first.returncode == 0, stdout
+    assert _run_metrics(out) == _run_metrics(reference_out)
+    for run in [out / "baseline", *out.glob("*/seed*")]:
+        assert damaged_records(run) == []
+        assert len(json.loads((run / "provenance.json").read_text())) == 1  # one start only
+
+
+@pytest.mark.slow
+def test_workers_of_a_killed_study_stop_and_the_rerun_gives_the_same_numbers(
+    finished_study, tmp_path
+) -> None:
+    """SIGKILL of the study process alone: each worker saves its last.ckpt within a step or
+    two and exits (releasing its run); the study run again gives an uninterrupted one's numbers."""
+    import torch
+
+    from arseg.engine import dirlock
+
+    config, reference_out, _ = finished_study
+    out = tmp_path / "out"
+    proc = _study(config, out)
+    logged: dict[Path, int] = {}
+    deadline = time.time() + 600
+    while not logged and proc.poll() is None and time.time() < deadline:
+        for metrics_csv in out.glob("*/seed*/metrics.csv"):
+            steps = _train_steps(metrics_csv)
+            if steps and max(steps) < 6 and not (metrics_csv.parent / "eval").exists():
+                logged[metrics_csv.parent] = 0  # a fine-tune in mid-training
+        time.sleep(0.02)
+    if not logged:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no fine-tune caught in training:\n{proc.communicate()[0]}")
+    logged = {run: max(_train_steps(run / "metrics.csv")) for run in logged}
+    proc.kill()  # the study alone, without warning: its workers are left behind
+    proc.wait()
+    try:
+        for run, step in logged.items():
+            deadline = time.time() + 180
+            while time.time() < deadline:
+                try:
+                    lock = dirlock.acquire(run)  # free once its worker has exited
+                except dirlock.DirectoryBusyError:
+                    time.sleep(0.1)
+                    continue
+                lock.release()
+                break
+            else:
+                pytest.fail(f"the worker of {run} still runs 180 s after its study was killed")
+            saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+            assert step < saved <= step + 3, (step, saved)  # it stopped within a step or two
+            log = out / "logs" / f"{run.parent.name}_{run.name}.log"
+            assert "SIGTERM received: saving a checkpoint after this step" in log.read_text()
+    finally:
+        for run in out.glob("*/seed*"):  # never leave a worker behind: kill what holds a run
+            try:
+                lock = dirlock.acquire(run, create=False)
+            except dirlock.DirectoryBusyError as busy:
+                with contextlib.suppress(ProcessLookupError, KeyError):
+                    os.kill(busy.holder["pid"], signal.SIGKILL)
+            else:
+                if lock is not None:
+                    lock.release()
+    proc = _study(config, out)
+    stdout = _finish(proc)
+    assert proc.returncode == 0, stdout
+    assert _run_metrics(out) == _run_metrics(reference_out)

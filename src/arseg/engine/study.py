@@ -305,18 +305,51 @@ def _eval_dir(run_dir: Path, split: str, checkpoint: str) -> Path:
     return run_dir / "eval" / (split if checkpoint == "best" else f"{split}-last")
 
 
+# Exit status of a worker whose run directory another process holds (its log's last line says
+# which), and how long a worker waits for an orphan of a killed study to stop in its run.
+_BUSY = 75
+_ORPHAN_WAIT_S = 600.0
+
+
 def _worker(spec_path: str) -> int:
-    """Train (or resume) one run, then evaluate it at its best and last checkpoints."""
+    """Train (or resume) one run, then evaluate it at its best and last checkpoints.
+
+    The worker stops with its study (SIGTERM, saving ``last.ckpt`` at the next step, when the
+    study process is gone however it ended) and holds its run directory while it runs.
+    """
+    from arseg.analysis.records import RunError, read_json
     from arseg.cli import main as arseg_main
 
-    spec = json.loads(Path(spec_path).read_text())
+    from . import dirlock
+    from .parentwatch import stop_with_parent
+
+    try:
+        spec = read_json(spec_path, mapping=True)
+    except RunError as err:
+        print(f"arseg: error: {err}", file=sys.stderr)
+        return 2
+    if not stop_with_parent(int(spec.get("study_pid") or os.getppid())):
+        print("arseg: the study that started this worker is gone; not starting", file=sys.stderr)
+        return 128 + signal.SIGTERM
     run_dir = Path(spec["run_dir"])
+    try:  # held until the worker exits; an orphan of a killed study still in it is waited for
+        dirlock.acquire_when_free(
+            run_dir,
+            wait_if=dirlock.orphaned,
+            timeout_s=_ORPHAN_WAIT_S,
+            notify=lambda message: print(f"waiting: {message}", flush=True),
+            command=f"arseg study (the worker of run {spec['name']})",
+            record={"parent_pid": os.getppid()},
+        )
+    except dirlock.DirectoryLockError as err:
+        print(f"arseg: error: {err}", file=sys.stderr, flush=True)
+        return _BUSY if isinstance(err, dirlock.DirectoryBusyError) else 2
     argv = list(spec["argv"])
     start = time.time()
     if argv:  # empty: evaluate only (a finished study on another split)
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             argv.append("--resume")
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif any(p.name != dirlock.LOCK_NAME for p in run_dir.iterdir()):
             argv.append("--overwrite")  # a start that died before its first checkpoint
         print(f"$ arseg {' '.join(argv)}", flush=True)
         rc = arseg_main(argv)
@@ -394,8 +427,10 @@ def _same_weights_evaluated(
 
 
 def _note_copy(dest: Path, source: Path) -> None:
+    from arseg.analysis.records import read_json
+
     metrics_path = dest / "metrics.json"
-    metrics = json.loads(metrics_path.read_text())
+    metrics = read_json(metrics_path, mapping=True)
     metrics["copied_from"] = str(source)  # same global step: the same weights
     metrics_path.write_text(json.dumps(metrics, indent=2))
 
@@ -416,7 +451,9 @@ class _Runner:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         (self.out / "state").mkdir(parents=True, exist_ok=True)
         spec_path = self.out / "state" / f"{job.name}.spec.json"
-        spec_path.write_text(json.dumps(spec, indent=2))
+        tmp = spec_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({**spec, "study_pid": os.getpid()}, indent=2))
+        os.replace(tmp, spec_path)  # never half-written: the worker reads it whole
         log = open(self.out / "logs" / f"{job.name}.log", "a")  # closed in _reap / stop
         env = dict(os.environ)
         env.setdefault("PYTHONUNBUFFERED", "1")
@@ -438,6 +475,9 @@ class _Runner:
                 del self.running[name]
                 if rc != 0:
                     self.stop()
+                    if rc == _BUSY:  # its run directory is held: the worker's line says by whom
+                        line = _tail(self.out / "logs" / f"{job.name}.log", 1)
+                        raise StudyError(f"run {job.name}: {line.split('arseg: error: ')[-1]}")
                     tail = _tail(self.out / "logs" / f"{job.name}.log")
                     raise StudyError(
                         f"run {job.name} failed (exit {rc}); its log: "
@@ -481,8 +521,11 @@ class _Runner:
 
     def _progress(self, job: _Job, took: float) -> None:
         elapsed = time.time() - self.start
-        metrics = _read_metrics(_eval_dir(job.run_dir, "val", "best"))
-        last = _read_metrics(_eval_dir(job.run_dir, "val", "last"))
+        try:
+            metrics = _read_metrics(_eval_dir(job.run_dir, "val", "best"))
+            last = _read_metrics(_eval_dir(job.run_dir, "val", "last"))
+        except ValueError:  # a damaged record: the analysis names it
+            metrics = last = None
         what = ""
         if metrics:
             what = f"val mIoU best {100 * metrics['miou']:.2f}"
@@ -518,10 +561,13 @@ def _fmt_s(seconds: float) -> str:
 
 
 def _read_metrics(eval_dir: Path) -> dict[str, Any] | None:
+    """An evaluation's metrics.json (None when absent; DamagedRecordError when damaged)."""
+    from arseg.analysis.records import read_json
+
     path = eval_dir / "metrics.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text())
+    return read_json(path, mapping=True)
 
 
 # ----------------------------------------------------------------------------- study
@@ -531,7 +577,7 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
 
     recorded = out / "study.yaml"
     if recorded.is_file():
-        previous = {**_OPTIONAL_DEFAULTS, **yaml.safe_load(recorded.read_text())}
+        previous = _recorded_study(recorded)
         if previous == study:
             return
         added = _added_runs(previous, study)
@@ -544,14 +590,51 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
                 "use another --out, or delete it to start over (adding seeds or arms is allowed)"
             )
         print(f"extending the study in {out}: {added}; its finished runs are kept", flush=True)
-    elif out.exists() and any(out.iterdir()):
-        raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
+    else:
+        _refuse_foreign(out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = recorded.with_suffix(".tmp")
     tmp.write_text(
         f"# arseg study {config_path} --out {out}\n" + yaml.safe_dump(study, sort_keys=False)
     )
     os.replace(tmp, recorded)
+
+
+def _recorded_study(path: Path) -> dict[str, Any]:
+    """The study recorded in ``OUT/study.yaml`` (one line naming it when it is damaged)."""
+    from arseg.analysis.records import read_yaml
+
+    data = read_yaml(path)
+    if not isinstance(data, dict) or "arms" not in data:
+        raise StudyError(f"{path} is damaged: it holds no study (restore it, or use another --out)")
+    return {**_OPTIONAL_DEFAULTS, **data}
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Refuse an ``--out`` that holds something else than a study (before anything is written)."""
+    from .dirlock import LOCK_NAME
+
+    if (out / "study.yaml").is_file() or not out.exists():
+        return
+    if any(p.name != LOCK_NAME for p in out.iterdir()):
+        raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
+
+
+def _check_states(out: Path) -> None:
+    """Every record of a finished run must be readable (one line naming a damaged one)."""
+    from arseg.analysis.records import RunError, read_json
+
+    for path in sorted((out / "state").glob("*.json")) if (out / "state").is_dir() else []:
+        if path.name.endswith(".spec.json"):
+            continue  # rewritten before each start
+        try:
+            read_json(path, mapping=True)
+        except RunError as err:
+            raise StudyError(
+                f"{err}; it records that run {path.name.split('.')[0]} has finished: delete it "
+                "and run the study again (the run is then resumed from its last checkpoint, "
+                "not trained again if it had finished, and evaluated again)"
+            ) from None
 
 
 def _added_runs(previous: dict[str, Any], study: dict[str, Any]) -> str | None:
@@ -601,16 +684,30 @@ def run_study(
         config = out / "study.yaml"
         if not config.is_file():
             raise StudyError(f"{out} is not a study directory (no study.yaml)")
-        import yaml
-
-        study = {**_OPTIONAL_DEFAULTS, **yaml.safe_load(config.read_text())}
+        study = None
     else:
         if out is None:
             raise StudyError("--out DIR is required with a study config")
         out = Path(out)
         study = load_study_config(config)
-        _prepare_out(study, config, out)
-    out = Path(out).resolve()
+        _refuse_foreign(out)
+    from .dirlock import acquire
+
+    lock = acquire(out)  # one study process per directory, before anything is written into it
+    try:
+        if study is None:
+            study = _recorded_study(config)
+        else:
+            _prepare_out(study, config, out)
+        return _run_study(study, Path(out).resolve(), eval_split, data_root)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_study(
+    study: dict[str, Any], out: Path, eval_split: str | None, data_root: str | None
+) -> dict[str, Any]:
     if _baseline_is_run(study):
         _prepare_baseline_view(study, out)
     baseline, finetunes = _jobs(study, out)
@@ -638,6 +735,7 @@ def run_study(
         )
         sys.exit(128 + signum)
 
+    _check_states(out)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for job in jobs:
@@ -685,11 +783,27 @@ def _provenance_line() -> str:
 
 # ----------------------------------------------------------------------------- analysis
 def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
-    """Compare every arm with the control, fit the trends, write the report and the table."""
+    """Compare every arm with the control, fit the trends, write the report and the table.
+
+    A step that fails (e.g. on a damaged record, which its command names in one line) does not
+    stop the others: the table is made from what could be, then :class:`StudyError` says what
+    failed (``arseg study`` exits non-zero).
+    """
+    from arseg.analysis.records import damaged_records, read_json
     from arseg.cli import main as arseg_main
 
     control = study["control"]
     arms = study["arms"]
+    damaged: list[str] = []  # records that cannot be read, one line each
+    failed: list[str] = []  # the steps that could not be made
+    seen: set[str] = set()  # error lines shown: a damaged file is named once
+    runs = [_run_dir(study, out, None, None)]
+    runs += [out / arm / f"seed{seed}" for arm, spec in arms.items() for seed in spec["seeds"]]
+    for run in runs:  # every record of every run, also those no step below reads
+        for problem in damaged_records(run):
+            seen.add(f"arseg: error: {problem}")
+            print(f"arseg: error: {problem}", file=sys.stderr, flush=True)
+            damaged.append(problem)
     cmp_dir = out / "compare" / split
     cmp_dir.mkdir(parents=True, exist_ok=True)
     comparisons: dict[str, dict[str, Any]] = {}
@@ -717,8 +831,11 @@ def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
                 "--json",
                 str(json_path),
             ]
-            _run_to_file(arseg_main, argv, md_path)
-            comparisons[f"{arm}/{checkpoint}"] = json.loads(json_path.read_text())
+            try:
+                _run_to_file(arseg_main, argv, md_path, seen)
+                comparisons[f"{arm}/{checkpoint}"] = read_json(json_path, mapping=True)
+            except ValueError:  # StudyError (its error lines are shown), or a damaged record
+                failed.append(f"the comparison {arm} vs {control} ({checkpoint})")
     trend_dir = out / "trend"
     trend_dir.mkdir(exist_ok=True)
     for arm, spec in arms.items():
@@ -726,55 +843,80 @@ def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
         md = trend_dir / f"{arm}.md"
         try:
             _run_to_file(
-                arseg_main, ["trend", str(run), "--json", str(md.with_suffix(".json"))], md
+                arseg_main, ["trend", str(run), "--json", str(md.with_suffix(".json"))], md, seen
             )
         except StudyError as err:  # e.g. a run too short for a regression: the rest still counts
             print(f"arseg: warning: no trend for {arm}: {err}", file=sys.stderr)
     first = {arm: out / arm / f"seed{spec['seeds'][0]}" for arm, spec in arms.items()}
     report_runs = [str(_run_dir(study, out, None, None)), *(str(r) for r in first.values())]
     labels = ["CE baseline", *(f"{arms[a]['label']} (seed {arms[a]['seeds'][0]})" for a in arms)]
-    _run_to_file(
-        arseg_main,
-        [
-            "report",
-            *report_runs,
-            "-o",
-            str(out / "report" / split),
-            "--labels",
-            *labels,
-            "--split",
-            split,
-            "--title",
-            f"arseg study {study['name']} ({split})",
-            "--n-boot",
-            str(study["n_boot"]),
-            "--num-images",
-            str(study["report_num_images"]),
-        ],
-        out / "logs" / f"report_{split}.log",
-    )
+    report_argv = [
+        "report",
+        *report_runs,
+        "-o",
+        str(out / "report" / split),
+        "--labels",
+        *labels,
+        "--split",
+        split,
+        "--title",
+        f"arseg study {study['name']} ({split})",
+        "--n-boot",
+        str(study["n_boot"]),
+        "--num-images",
+        str(study["report_num_images"]),
+    ]
+    try:
+        _run_to_file(arseg_main, report_argv, out / "logs" / f"report_{split}.log", seen)
+    except StudyError:
+        failed.append("the report")
     table = _table(study, out, split, comparisons)
     (out / f"summary_{split}.md").write_text(table["markdown"])
     (out / f"summary_{split}.json").write_text(json.dumps(table["data"], indent=2))
     print(table["markdown"], flush=True)
+    if damaged or failed:
+        what = [damaged[0]] if damaged else []
+        if len(damaged) > 1:
+            what.append(f"{len(damaged) - 1} more damaged file(s) above")
+        if failed:
+            what.append(f"not made: {', '.join(failed)}")
+        raise StudyError(
+            f"the analysis of {out} is incomplete: {'; '.join(what)}; the table above holds what "
+            "could be read"
+        )
     return table["data"]
 
 
-def _run_to_file(main: Any, argv: list[str], path: Path) -> None:
-    """Run an arseg command in this process, its standard output written to ``path``."""
+def _run_to_file(main: Any, argv: list[str], path: Path, seen: set[str] | None = None) -> None:
+    """Run an arseg command in this process, its standard output written to ``path``; with
+    ``seen``, its error lines are shown once (not again after another step has shown them)."""
     import contextlib
     import io
 
-    buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer):
+    buffer, errors = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.ExitStack() as stack:
+        if seen is not None:
+            stack.enter_context(contextlib.redirect_stderr(errors))
         try:
             rc = main(argv)
         except SystemExit as exit_:  # argparse refusing an option
             rc = exit_.code if isinstance(exit_.code, int) else 2
+    for line in errors.getvalue().splitlines():
+        if seen is not None and line not in seen:
+            seen.add(line)
+            print(line, file=sys.stderr, flush=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(buffer.getvalue())
     if rc:
         raise StudyError(f"`arseg {' '.join(argv)}` failed (exit {rc}); its output: {path}")
+
+
+def _metrics_or_none(eval_dir: Path) -> dict[str, Any] | None:
+    """:func:`_read_metrics`, None for a damaged file (the analysis has named it)."""
+    try:
+        return _read_metrics(eval_dir)
+    except ValueError:
+        return None
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -790,11 +932,11 @@ def _table(
     from .provenance import provenance
 
     rows: dict[str, Any] = {}
-    base = _read_metrics(_eval_dir(_run_dir(study, out, None, None), split, "best"))
+    base = _metrics_or_none(_eval_dir(_run_dir(study, out, None, None), split, "best"))
     for arm, spec in study["arms"].items():
         for checkpoint in ("best", "last"):
             metrics = [
-                _read_metrics(_eval_dir(out / arm / f"seed{s}", split, checkpoint))
+                _metrics_or_none(_eval_dir(out / arm / f"seed{s}", split, checkpoint))
                 for s in spec["seeds"]
             ]
             metrics = [m for m in metrics if m]
