@@ -52,7 +52,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # This hook sees the whole session's items: mark and skip only those of this folder.
     reason = _skip_reason()
     for item in items:
-        if HERE not in Path(str(item.fspath)).resolve().parents:
+        if HERE not in Path(item.path).resolve().parents:
             continue
         item.add_marker(pytest.mark.cuda)
         if reason:
