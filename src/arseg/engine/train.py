@@ -638,7 +638,8 @@ def _fit(
         )
     all_callbacks.extend(callbacks or [])
     # SyncBatchNorm under multi-GPU DDP (torch supports it on CUDA only; CPU/gloo DDP keeps
-    # per-process BatchNorm statistics).
+    # per-process BatchNorm statistics), converted by arseg.models.convert_sync_batchnorm below:
+    # Lightning's sync_batchnorm drops the activation of timm's BatchNormAct2d.
     accel = str(tcfg["accelerator"])
     on_gpu = accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available())
     distributed = _num_processes(tcfg) > 1 and on_gpu
@@ -649,7 +650,7 @@ def _fit(
             callbacks=all_callbacks,
             plugins=[AtomicCheckpointIO()],
             use_distributed_sampler=False,
-            sync_batchnorm=distributed,
+            sync_batchnorm=False,
             enable_model_summary=False,
             **{**_trainer_kwargs(tcfg), "enable_progress_bar": show_bar},
         )
@@ -664,6 +665,10 @@ def _fit(
         class_names=tuple(datamodule.train_set.classes),
         palette=getattr(datamodule.train_set, "palette", None),
     )
+    if distributed:
+        from arseg.models import convert_sync_batchnorm
+
+        module.model = convert_sync_batchnorm(module.model)
     n_params = sum(p.numel() for p in module.parameters())
     # best + last (+ a temporary copy while writing), each weights + momentum, plus logs
     need = 3 * 2 * 4 * n_params + 16 * 2**20

@@ -6,7 +6,7 @@ True
 """
 
 from . import efficientnet, icnet, lwrefinenet, pspnet  # noqa: F401  (registers the models)
-from .base import SegmentationModel, SegmentationOutput
+from .base import SegmentationModel, SegmentationOutput, convert_sync_batchnorm
 from .convert import (
     convert_lwrefinenet,
     convert_lwrefinenet_mbv2,
@@ -22,6 +22,7 @@ __all__ = [
     "convert_lwrefinenet",
     "convert_lwrefinenet_mbv2",
     "convert_pspnet",
+    "convert_sync_batchnorm",
     "is_model",
     "list_models",
     "load_reference_state_dict",

@@ -7,7 +7,12 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SegmentationModel", "SegmentationOutput", "check_num_classes"]
+__all__ = [
+    "SegmentationModel",
+    "SegmentationOutput",
+    "check_num_classes",
+    "convert_sync_batchnorm",
+]
 
 
 class SegmentationOutput(NamedTuple):
@@ -79,3 +84,26 @@ class SegmentationModel(nn.Module):
             f"num_classes={self.num_classes}, output_stride={self.output_stride}, "
             f"align_corners={self.align_corners}"
         )
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """``model`` with every BatchNorm as a SyncBatchNorm that computes what the BatchNorm did.
+
+    torch's ``nn.SyncBatchNorm.convert_sync_batchnorm`` (what Lightning's
+    ``sync_batchnorm=True`` runs) turns timm's ``BatchNormAct2d`` (BatchNorm and activation in
+    one module: the MobileNet-v2 and EfficientNet-Lite encoders) into a plain SyncBatchNorm and
+    drops the activation (ReLU6): the converted LW-RefineNet-EfficientNet-Lite0 moved its eval
+    logits by about 6. timm's converter keeps it (``SyncBatchNormAct``); parameters, buffers and
+    state-dict keys are shared and unchanged.
+
+    Example:
+        >>> import torch
+        >>> from arseg.models import build_model
+        >>> model = build_model("lwrefinenet_mbv2", num_classes=3, decoder_channels=8).eval()
+        >>> synced = convert_sync_batchnorm(model)
+        >>> any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+        True
+    """
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)
