@@ -38,9 +38,12 @@ def test_channels_last_trains_the_same_losses_up_to_float_rounding(tmp_path, tin
     assert abs(nhwc[0] - plain[0]) < 1e-5 * plain[0]  # the same first step up to rounding
 
 
-def test_channels_last_gradients_are_as_close_to_float64_as_contiguous_ones() -> None:
-    """Later steps of a tiny BatchNorm network drift apart chaotically from any rounding, so
-    the layout is judged where rounding is visible: one step's gradients against float64."""
+def test_channels_last_gradients_stay_near_float64() -> None:
+    """Later steps of a tiny BatchNorm network drift apart from any rounding, so the layout is
+    judged on one step's gradients against float64. At this size both layouts are ~1e-3 from
+    float64 (the tiny batch's BatchNorm dominates); at the CamVid size channels_last's CPU
+    BatchNorm statistics are 30-100x less accurate (benchmarks/train_step.py --setting camvid),
+    which is why the option is off by default. A wrong layout conversion would fail this."""
     import copy
 
     from arseg.losses import CEARLoss
