@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from arseg.rundir import CHECKPOINTS_DIR
+
 __all__ = ["register"]
 
 
@@ -102,7 +104,7 @@ def _checkpoint_label(path: Path) -> str:
     if path.suffix == ".ckpt":
         return (
             f"{path.parent.parent.name}/{path.stem}"
-            if path.parent.name == "checkpoints"
+            if path.parent.name == CHECKPOINTS_DIR
             else path.stem
         )
     return path.name

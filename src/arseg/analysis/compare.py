@@ -34,6 +34,7 @@ from arseg.analysis.stats import (
     PairedTest,
     SeedSummary,
     distinct_seed_resamples,
+    mean_boundary_iou,
     miou_from_confusion,
     paired_bootstrap,
     paired_bootstrap_counts,
@@ -269,15 +270,6 @@ def _val_ar(run: Run) -> float:
         return math.nan
 
 
-def _boundary_miou(counts: np.ndarray | None) -> float:
-    if counts is None:
-        return math.nan
-    total = counts.sum(0).astype(np.float64)
-    inter, union = total[0], total[1]
-    present = union > 0
-    return float((inter[present] / union[present]).mean()) if present.any() else math.nan
-
-
 def _run_warnings(runs_a: list[Run], runs_b: list[Run], resample_runs: bool) -> list[str]:
     n_a, n_b = len(runs_a), len(runs_b)
     if not resample_runs:
@@ -368,7 +360,7 @@ def compare_runs(
     def per_run(runs: list[Run], confs: list[np.ndarray], counts) -> dict[str, list[float]]:
         return {
             "miou": [float(miou_from_confusion(c.sum(0))) for c in confs],
-            "boundary_iou": [_boundary_miou(b) for b in counts],
+            "boundary_iou": [mean_boundary_iou(b) for b in counts],
             "pixel_acc": [pixel_accuracy_from_confusion(c) for c in confs],
             "val_ar": [_val_ar(r) for r in runs],
         }

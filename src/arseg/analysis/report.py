@@ -36,6 +36,7 @@ from arseg.analysis.figures import (
 )
 from arseg.analysis.runs import Run, RunError
 from arseg.analysis.stats import TrendResult, ols_trend, relative_change
+from arseg.rundir import RunDir
 
 __all__ = ["ReportPaths", "TrendReport", "build_report", "curve_data", "trend_of_run"]
 
@@ -108,7 +109,7 @@ def _locate_run_dir(written: Path, run: Run) -> Path | None:
     one by one (``runs/camvid/baseline`` is found as ``camvid/baseline`` next to a copied
     ``camvid/ar_s1``). Only directories holding a ``metrics.csv`` count.
     """
-    if (written / "metrics.csv").is_file():
+    if RunDir(written).metrics_csv.is_file():
         return written
     if written.is_absolute():
         return None
@@ -117,7 +118,7 @@ def _locate_run_dir(written: Path, run: Run) -> Path | None:
     for ancestor in here.parents:
         for k in range(len(parts)):
             candidate = ancestor.joinpath(*parts[k:])
-            if (candidate / "metrics.csv").is_file() and candidate.resolve() != here:
+            if RunDir(candidate).metrics_csv.is_file() and candidate.resolve() != here:
                 return candidate
     return None
 

@@ -39,7 +39,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from arseg import rundir
 from arseg.analysis.records import RunError, read_json, read_metrics_csv, read_yaml
+from arseg.rundir import RunDir, eval_dir_name
 
 __all__ = [
     "CHECKPOINTS",
@@ -56,20 +58,10 @@ __all__ = [
 CHECKPOINTS = ("best", "last")
 
 
-def eval_dir_name(split: str, checkpoint: str = "best") -> str:
-    """Folder under ``RUN/eval`` of an evaluation, as :func:`arseg.engine.train.evaluate` names
-    it: ``<split>`` for the best checkpoint, ``<split>-<checkpoint>`` for another one.
-
-    Example:
-        >>> eval_dir_name("val"), eval_dir_name("val", "last")
-        ('val', 'val-last')
-    """
-    return split if checkpoint == "best" else f"{split}-{checkpoint}"
-
-
 def _is_run_dir(path: Path) -> bool:
     return path.is_dir() and any(
-        (path / name).exists() for name in ("config.yaml", "metrics.csv", "summary.json", "eval")
+        (path / name).exists()
+        for name in (rundir.CONFIG, rundir.METRICS_CSV, rundir.SUMMARY, rundir.EVAL_DIR)
     )
 
 
@@ -123,7 +115,7 @@ class Run:
     @cached_property
     def config(self) -> dict[str, Any]:
         """The resolved config (``{}`` when the run has no config.yaml)."""
-        file = self.path / "config.yaml"
+        file = RunDir(self.path).config
         if not file.is_file():
             return {}
         data = read_yaml(file)
@@ -132,7 +124,7 @@ class Run:
     @cached_property
     def summary(self) -> dict[str, Any]:
         """summary.json (``{}`` when absent)."""
-        file = self.path / "summary.json"
+        file = RunDir(self.path).summary
         return read_json(file, mapping=True) if file.is_file() else {}
 
     @property
@@ -150,11 +142,11 @@ class Run:
     @cached_property
     def eval_dir(self) -> Path | None:
         """The folder of the selected evaluation (see the module docstring), None if absent."""
-        root = self.path / "eval"
-        new = root / eval_dir_name(self.eval_split, self.eval_checkpoint)
-        if (new / "metrics.json").is_file() or (new / "per_image_confusion.npy").is_file():
+        root = RunDir(self.path).eval_root
+        new = RunDir(self.path).eval_dir(self.eval_split, self.eval_checkpoint)
+        if (new / rundir.EVAL_METRICS).is_file() or (new / "per_image_confusion.npy").is_file():
             return new
-        legacy = root / "metrics.json"
+        legacy = root / rundir.EVAL_METRICS
         if self.eval_checkpoint == "best" and (
             legacy.is_file() or (root / "per_image_confusion.npy").is_file()
         ):
@@ -177,21 +169,21 @@ class Run:
     @cached_property
     def eval_metrics(self) -> dict[str, Any]:
         """The selected evaluation's metrics.json (``{}`` when absent)."""
-        if self.eval_dir is None or not (self.eval_dir / "metrics.json").is_file():
+        if self.eval_dir is None or not (self.eval_dir / rundir.EVAL_METRICS).is_file():
             return {}
-        return _read_json(self.eval_dir / "metrics.json")
+        return _read_json(self.eval_dir / rundir.EVAL_METRICS)
 
     @cached_property
     def metrics(self) -> pd.DataFrame:
         """metrics.csv as a DataFrame (raises RunError when absent)."""
-        file = self.path / "metrics.csv"
+        file = RunDir(self.path).metrics_csv
         if not file.is_file():
             raise RunError(f"{self.path} has no metrics.csv (is it a run directory?)")
         return read_metrics_csv(file)
 
     @property
     def has_metrics(self) -> bool:
-        return (self.path / "metrics.csv").is_file()
+        return RunDir(self.path).metrics_csv.is_file()
 
     def confusion(self) -> np.ndarray:
         """Per-image confusion matrices (n_images, C, C) int64, rows = ground truth.
@@ -234,7 +226,7 @@ class Run:
     def checkpoint(self, which: str = "best") -> Path:
         """Path of ``checkpoints/<which>.ckpt`` (falls back to last.ckpt for ``best``)."""
         for name in (which, "last") if which == "best" else (which,):
-            file = self.path / "checkpoints" / f"{name}.ckpt"
+            file = RunDir(self.path).checkpoint(name)
             if file.is_file():
                 return file
         raise RunError(f"{self.path} has no checkpoints/{which}.ckpt")

@@ -29,6 +29,8 @@ __all__ = [
     "TrendResult",
     "distinct_seed_resamples",
     "iou_from_confusion",
+    "mean_boundary_iou",
+    "mean_std",
     "miou_from_confusion",
     "ols_trend",
     "paired_bootstrap",
@@ -189,6 +191,23 @@ def miou_from_confusion(conf: np.ndarray) -> np.ndarray | float:
     with np.errstate(invalid="ignore", divide="ignore"):
         out = np.where(count > 0, total / np.maximum(count, 1), np.nan)
     return float(out) if out.ndim == 0 else out
+
+
+def mean_boundary_iou(counts: np.ndarray | None) -> float:
+    """Mean Boundary IoU of per-image boundary counts (n, 2, C) (``[:, 0]`` intersections,
+    ``[:, 1]`` unions, as in ``per_image_boundary.npy``): summed over the images, averaged over
+    the classes with a non-empty union; NaN for None or when no class has one.
+
+    Example:
+        >>> mean_boundary_iou(np.array([[[1, 0, 2], [2, 0, 4]]]))
+        0.5
+    """
+    if counts is None:
+        return math.nan
+    total = counts.sum(0).astype(np.float64)
+    inter, union = total[0], total[1]
+    present = union > 0
+    return float((inter[present] / union[present]).mean()) if present.any() else math.nan
 
 
 def pixel_accuracy_from_confusion(conf: np.ndarray) -> float:
@@ -532,9 +551,23 @@ def seed_summary(values: Sequence[float] | np.ndarray) -> SeedSummary:
     v = np.asarray(values, dtype=np.float64).reshape(-1)
     if v.size == 0:
         raise ValueError("seed_summary needs at least one value")
-    return SeedSummary(
-        float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, int(v.size)
-    )
+    return SeedSummary(*mean_std(v), int(v.size))
+
+
+def mean_std(
+    values: Sequence[float] | np.ndarray, *, one_value_std: float = math.nan
+) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) of one metric over seeds; the std of a single
+    value is ``one_value_std``.
+
+    Example:
+        >>> mean_std([0.5, 0.6, 0.7])
+        (0.6, 0.09999999999999998)
+    """
+    v = np.asarray(values, dtype=np.float64).reshape(-1)
+    if v.size == 0:
+        raise ValueError("mean_std needs at least one value")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else float(one_value_std)
 
 
 #: Fewer seed pairs than this and the seed level of a comparison is too coarse to headline a

@@ -17,6 +17,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from torch import nn
 
+from arseg.rundir import CHECKPOINTS, RunDir
+
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
@@ -66,8 +68,8 @@ def find_checkpoint(ckpt_or_run_dir: str | Path) -> Path:
     """A checkpoint file, or ``RUN/checkpoints/best.ckpt`` (else ``last.ckpt``) of a run directory."""
     path = Path(ckpt_or_run_dir)
     if path.is_dir():
-        for name in ("best.ckpt", "last.ckpt"):
-            candidate = path / "checkpoints" / name
+        for name in CHECKPOINTS:
+            candidate = RunDir(path).checkpoint(name)
             if candidate.is_file():
                 return candidate
         raise FileNotFoundError(

@@ -26,6 +26,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from arseg.rundir import RunDir
+
 from .config import load_config
 
 __all__ = ["demo_config", "run_demo"]
@@ -81,7 +83,7 @@ def _stage_config(
         {
             "name": f"demo_{name}",
             "run_dir": str(out / name),
-            "init_from": str(out / "baseline" / "checkpoints" / "last.ckpt"),
+            "init_from": str(RunDir(out / "baseline").last_ckpt),
             "loss": {"lambda_ar": lambda_ar},
             "optim": {"lr": 0.005},
             "trainer": {"max_steps": steps},
@@ -96,7 +98,7 @@ def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None
         run_dir = out / name
         if overwrite or not run_dir.exists() or not any(run_dir.iterdir()):
             continue
-        config = run_dir / "config.yaml"
+        config = RunDir(run_dir).config
         stored = yaml.safe_load(config.read_text()) if config.is_file() else None
         written_by = stored.get("name") if isinstance(stored, dict) else None
         if written_by != f"demo_{name}":
@@ -113,9 +115,10 @@ def _keep_what_a_newcomer_needs(out: Path, stages: list[str]) -> None:
 
     keep = ("state_dict", "arseg_config", "epoch", "global_step", "pytorch-lightning_version")
     for stage in stages:
-        ckpt_dir = out / stage / "checkpoints"
+        run = RunDir(out / stage)
+        ckpt_dir = run.checkpoints
         if stage != "baseline":
-            (ckpt_dir / "last.ckpt").unlink(missing_ok=True)
+            run.last_ckpt.unlink(missing_ok=True)
         for path in sorted(ckpt_dir.glob("*.ckpt")):
             ckpt = load_checkpoint(path)
             _atomic_torch_save({k: ckpt[k] for k in keep if k in ckpt}, path)

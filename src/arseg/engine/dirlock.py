@@ -38,6 +38,8 @@ try:
 except ImportError:  # not a POSIX system: directories are used without a lock
     fcntl = None  # type: ignore[assignment]
 
+from arseg.rundir import LOCK_NAME  # the lock file (never deleted: see the module doc)
+
 __all__ = [
     "LOCK_NAME",
     "DirectoryBusyError",
@@ -51,8 +53,6 @@ __all__ = [
     "output_lock",
 ]
 
-#: The lock file arseg keeps in every directory it writes (never deleted: see the module doc).
-LOCK_NAME = ".arseg.lock"
 
 # flock errors of a file system without (working) locks, as opposed to "someone holds it"
 _NO_LOCKS = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}

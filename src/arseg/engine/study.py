@@ -57,6 +57,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from arseg import rundir
+from arseg.rundir import RunDir
+
 __all__ = ["StudyError", "load_study_config", "register", "run_study"]
 
 _STUDY_KEYS = {
@@ -125,8 +128,8 @@ def load_study_config(path: str | Path) -> dict[str, Any]:
         run_config = (path.parent / str(raw[key])).resolve()
         if key == "baseline" and run_config.is_dir():  # a finished run to fine-tune from
             if (
-                not (run_config / "config.yaml").is_file()
-                or not (run_config / "checkpoints" / "best.ckpt").is_file()
+                not RunDir(run_config).config.is_file()
+                or not RunDir(run_config).best_ckpt.is_file()
             ):
                 raise StudyError(
                     f"{path}: baseline {run_config} is a directory but not a finished run "
@@ -198,7 +201,7 @@ def _run_config(
     }
     try:
         if arm is None and _baseline_is_run(study):
-            return load_config(Path(study["baseline"]) / "config.yaml")  # as it was trained
+            return load_config(RunDir(study["baseline"]).config)  # as it was trained
         if arm is None:
             cfg = load_config(study["baseline"], _override_strings(study["overrides"]))
         else:
@@ -226,7 +229,13 @@ def _run_dir(study: dict[str, Any], out: Path, arm: str | None, seed: int | None
 # What a run directory given as the baseline lends the study: read through symlinks, so its
 # evaluation (and nothing else) is written into the study's own ``baseline`` folder and the
 # given folder may be read-only or someone else's.
-_BASELINE_VIEW = ("config.yaml", "summary.json", "metrics.csv", "provenance.json", "checkpoints")
+_BASELINE_VIEW = (
+    rundir.CONFIG,
+    rundir.SUMMARY,
+    rundir.METRICS_CSV,
+    rundir.PROVENANCE,
+    rundir.CHECKPOINTS_DIR,
+)
 
 
 def _prepare_baseline_view(study: dict[str, Any], out: Path) -> None:
@@ -301,10 +310,6 @@ def _state_path(out: Path, job: _Job) -> Path:
     return out / "state" / f"{job.name}.json"
 
 
-def _eval_dir(run_dir: Path, split: str, checkpoint: str) -> Path:
-    return run_dir / "eval" / (split if checkpoint == "best" else f"{split}-last")
-
-
 # Exit status of a worker whose run directory another process holds (its log's last line says
 # which), and how long a worker waits for an orphan of a killed study to stop in its run.
 _BUSY = 75
@@ -317,11 +322,11 @@ def _worker(spec_path: str) -> int:
     The worker stops with its study (SIGTERM, saving ``last.ckpt`` at the next step, when the
     study process is gone however it ended) and holds its run directory while it runs.
     """
-    from arseg.analysis.records import RunError, read_json
     from arseg.cli import main as arseg_main
 
     from . import dirlock
     from .parentwatch import stop_with_parent
+    from .records import RunError, read_json
 
     try:
         spec = read_json(spec_path, mapping=True)
@@ -347,9 +352,9 @@ def _worker(spec_path: str) -> int:
     argv = list(spec["argv"])
     start = time.time()
     if argv:  # empty: evaluate only (a finished study on another split)
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if RunDir(run_dir).last_ckpt.is_file():
             argv.append("--resume")
-        elif any(p.name != dirlock.LOCK_NAME for p in run_dir.iterdir()):
+        elif any(p.name != rundir.LOCK_NAME for p in run_dir.iterdir()):
             argv.append("--overwrite")  # a start that died before its first checkpoint
         print(f"$ arseg {' '.join(argv)}", flush=True)
         rc = arseg_main(argv)
@@ -357,10 +362,10 @@ def _worker(spec_path: str) -> int:
             return rc
     fit_s = time.time() - start
     for checkpoint in spec["checkpoints"]:
-        target = run_dir if checkpoint == "best" else run_dir / "checkpoints" / "last.ckpt"
+        target = run_dir if checkpoint == "best" else RunDir(run_dir).last_ckpt
         done_as = _same_weights_evaluated(run_dir, spec["split"], checkpoint, spec["checkpoints"])
         if done_as is not None:  # the best epoch is the last: its evaluation holds for both
-            dest = _eval_dir(run_dir, spec["split"], checkpoint)
+            dest = RunDir(run_dir).eval_dir(spec["split"], checkpoint)
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(done_as, dest)
             _note_copy(dest, done_as)
@@ -372,7 +377,7 @@ def _worker(spec_path: str) -> int:
             "--split",
             spec["split"],
             "--out",
-            str(_eval_dir(run_dir, spec["split"], checkpoint)),
+            str(RunDir(run_dir).eval_dir(spec["split"], checkpoint)),
             "--no-progress",
         ]
         if spec.get("data_root"):
@@ -412,24 +417,21 @@ def _same_weights_evaluated(
 ) -> Path | None:
     """The evaluation folder of an earlier checkpoint of this list that was saved at the same
     step as ``checkpoint`` (best.ckpt and last.ckpt of a run whose best epoch is its last)."""
-    names = {
-        "best": run_dir / "checkpoints" / "best.ckpt",
-        "last": run_dir / "checkpoints" / "last.ckpt",
-    }
+    names = {name: RunDir(run_dir).checkpoint(name) for name in rundir.CHECKPOINTS}
     here = _checkpoint_step(names[checkpoint])
     if here is None:
         return None
     for earlier in checkpoints[: checkpoints.index(checkpoint)]:
-        done = _eval_dir(run_dir, split, earlier)
-        if (done / "metrics.json").is_file() and _checkpoint_step(names[earlier]) == here:
+        done = RunDir(run_dir).eval_dir(split, earlier)
+        if (done / rundir.EVAL_METRICS).is_file() and _checkpoint_step(names[earlier]) == here:
             return done
     return None
 
 
 def _note_copy(dest: Path, source: Path) -> None:
-    from arseg.analysis.records import read_json
+    from .records import read_json
 
-    metrics_path = dest / "metrics.json"
+    metrics_path = dest / rundir.EVAL_METRICS
     metrics = read_json(metrics_path, mapping=True)
     metrics["copied_from"] = str(source)  # same global step: the same weights
     metrics_path.write_text(json.dumps(metrics, indent=2))
@@ -522,8 +524,8 @@ class _Runner:
     def _progress(self, job: _Job, took: float) -> None:
         elapsed = time.time() - self.start
         try:
-            metrics = _read_metrics(_eval_dir(job.run_dir, "val", "best"))
-            last = _read_metrics(_eval_dir(job.run_dir, "val", "last"))
+            metrics = _read_metrics(RunDir(job.run_dir).eval_dir("val", "best"))
+            last = _read_metrics(RunDir(job.run_dir).eval_dir("val", "last"))
         except ValueError:  # a damaged record: the analysis names it
             metrics = last = None
         what = ""
@@ -562,9 +564,9 @@ def _fmt_s(seconds: float) -> str:
 
 def _read_metrics(eval_dir: Path) -> dict[str, Any] | None:
     """An evaluation's metrics.json (None when absent; DamagedRecordError when damaged)."""
-    from arseg.analysis.records import read_json
+    from .records import read_json
 
-    path = eval_dir / "metrics.json"
+    path = eval_dir / rundir.EVAL_METRICS
     if not path.is_file():
         return None
     return read_json(path, mapping=True)
@@ -602,7 +604,7 @@ def _prepare_out(study: dict[str, Any], config_path: Path, out: Path) -> None:
 
 def _recorded_study(path: Path) -> dict[str, Any]:
     """The study recorded in ``OUT/study.yaml`` (one line naming it when it is damaged)."""
-    from arseg.analysis.records import read_yaml
+    from .records import read_yaml
 
     data = read_yaml(path)
     if not isinstance(data, dict) or "arms" not in data:
@@ -612,17 +614,15 @@ def _recorded_study(path: Path) -> dict[str, Any]:
 
 def _refuse_foreign(out: Path) -> None:
     """Refuse an ``--out`` that holds something else than a study (before anything is written)."""
-    from .dirlock import LOCK_NAME
-
     if (out / "study.yaml").is_file() or not out.exists():
         return
-    if any(p.name != LOCK_NAME for p in out.iterdir()):
+    if any(p.name != rundir.LOCK_NAME for p in out.iterdir()):
         raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
 
 
 def _check_states(out: Path) -> None:
     """Every record of a finished run must be readable (one line naming a damaged one)."""
-    from arseg.analysis.records import RunError, read_json
+    from .records import RunError, read_json
 
     for path in sorted((out / "state").glob("*.json")) if (out / "state").is_dir() else []:
         if path.name.endswith(".spec.json"):
@@ -789,8 +789,9 @@ def _analyse(study: dict[str, Any], out: Path, split: str) -> dict[str, Any]:
     stop the others: the table is made from what could be, then :class:`StudyError` says what
     failed (``arseg study`` exits non-zero).
     """
-    from arseg.analysis.records import damaged_records, read_json
     from arseg.cli import main as arseg_main
+
+    from .records import damaged_records, read_json
 
     control = study["control"]
     arms = study["arms"]
@@ -920,6 +921,8 @@ def _metrics_or_none(eval_dir: Path) -> dict[str, Any] | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
+    # arseg.analysis.stats.mean_std(values, one_value_std=0.0), once the study is a floor above
+    # analysis (the engine does not import analysis)
     n = len(values)
     mean = sum(values) / n
     var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
@@ -932,11 +935,11 @@ def _table(
     from .provenance import provenance
 
     rows: dict[str, Any] = {}
-    base = _metrics_or_none(_eval_dir(_run_dir(study, out, None, None), split, "best"))
+    base = _metrics_or_none(RunDir(_run_dir(study, out, None, None)).eval_dir(split, "best"))
     for arm, spec in study["arms"].items():
         for checkpoint in ("best", "last"):
             metrics = [
-                _metrics_or_none(_eval_dir(out / arm / f"seed{s}", split, checkpoint))
+                _metrics_or_none(RunDir(out / arm / f"seed{s}").eval_dir(split, checkpoint))
                 for s in spec["seeds"]
             ]
             metrics = [m for m in metrics if m]

@@ -51,6 +51,9 @@ from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+from arseg import rundir
+from arseg.rundir import RunDir, eval_dir_name
+
 from .checkpoint import (
     AtomicCheckpointIO,
     check_compatible,
@@ -69,7 +72,7 @@ from .config import (
     validate_config,
 )
 from .datamodule import SeedDataModule, build_eval_dataset
-from .dirlock import LOCK_NAME, Guard, output_lock
+from .dirlock import Guard, output_lock
 from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
 
@@ -151,7 +154,7 @@ def resolve_run_dir(cfg: dict[str, Any]) -> Path:
 
 def _check_writable(run_dir: Path, need_bytes: int) -> None:
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        RunDir(run_dir).checkpoints.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write_test"
         with open(probe, "wb") as f:
             f.write(b"\0" * 4096)
@@ -173,21 +176,21 @@ def _check_writable(run_dir: Path, need_bytes: int) -> None:
 # What arseg writes into a run directory (cleared by --overwrite, or when a start that failed
 # before its first checkpoint is retried).
 _RUN_FILES = (
-    "checkpoints",
-    "eval",
+    rundir.CHECKPOINTS_DIR,
+    rundir.EVAL_DIR,
     "tensorboard",
-    "metrics.csv",
-    "summary.json",
-    "config.yaml",
+    rundir.METRICS_CSV,
+    rundir.SUMMARY,
+    rundir.CONFIG,
     "hparams.yaml",
     "predictions",
-    "provenance.json",
+    rundir.PROVENANCE,
     ".write_test",
 )
 
 
 def _checkpoints_in(run_dir: Path) -> list[Path]:
-    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir = RunDir(run_dir).checkpoints
     return sorted(ckpt_dir.glob("*.ckpt")) if ckpt_dir.is_dir() else []
 
 
@@ -195,7 +198,7 @@ def _is_failed_start(run_dir: Path) -> bool:
     """Only arseg's own files and no checkpoint: a start that failed (or was killed) before its
     first checkpoint, which a retry may reuse without --overwrite."""
     return not _checkpoints_in(run_dir) and all(
-        p.name in _RUN_FILES or p.name == LOCK_NAME for p in run_dir.iterdir()
+        p.name in _RUN_FILES or p.name == rundir.LOCK_NAME for p in run_dir.iterdir()
     )
 
 
@@ -203,7 +206,7 @@ def _prepare_run_dir(
     run_dir: Path, *, resume: bool, overwrite: bool, need_bytes: int
 ) -> Path | None:
     """Check the run directory before training; returns the checkpoint to resume from."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunDir(run_dir).last_ckpt
     if rank_zero_only.rank != 0:  # a DDP worker: rank 0 has checked (and made) the directory
         return last if resume else None
     if resume:
@@ -421,12 +424,12 @@ def _truncate_metrics(run_dir: Path, checkpoint: dict[str, Any]) -> None:
     """Make metrics.csv hold each step before the checkpoint once: drop the rows a resumed run
     will log again (steps >= the checkpoint's global step) and restore the checkpoint's last
     training row if the run died before its logger wrote it."""
-    path = run_dir / "metrics.csv"
+    path = RunDir(run_dir).metrics_csv
     global_step = int(checkpoint["global_step"])
     rows: list[dict[str, Any]] = []
     fields: list[str] = []
     if path.is_file():
-        from arseg.analysis.records import check_metrics_csv
+        from .records import check_metrics_csv
 
         text = path.read_text()
         check_metrics_csv(path, text, cut_last_ok=True)  # damaged: one line naming the file
@@ -618,11 +621,12 @@ def _fit(
     # building the Trainer, before any data, model or file: a failed start leaves nothing.
     tcfg = cfg["trainer"]
     check_accelerator(tcfg["accelerator"])
-    ckpt_dir = run_dir / "checkpoints"
-    best_cb = _BestCheckpoint(ckpt_dir / "best.ckpt")
-    stop_cb = _StopOnSignal(ckpt_dir / "last.ckpt")
+    run = RunDir(run_dir)
+    ckpt_dir = run.checkpoints
+    best_cb = _BestCheckpoint(run.best_ckpt)
+    stop_cb = _StopOnSignal(run.last_ckpt)
     show_bar = bool(tcfg["enable_progress_bar"]) and sys.stdout.isatty()
-    all_callbacks: list[Any] = [best_cb, _SaveLastEachEpoch(ckpt_dir / "last.ckpt"), stop_cb]
+    all_callbacks: list[Any] = [best_cb, _SaveLastEachEpoch(run.last_ckpt), stop_cb]
     if not show_bar:
         all_callbacks.append(_ProgressLines())
     if tcfg["checkpoint_every_n_steps"]:
@@ -685,7 +689,7 @@ def _fit(
             )
         init_ckpt = load_checkpoint(init)
         check_compatible(cfg, init_ckpt, num_classes, init)
-    last = ckpt_dir / "last.ckpt"
+    last = run.last_ckpt
     if resume and rank_zero_only.rank == 0 and last.is_file():
         resume_ckpt = load_checkpoint(last)
         check_compatible(cfg, resume_ckpt, num_classes, last)
@@ -703,7 +707,7 @@ def _fit(
     if init_ckpt is not None:
         load_weights(module.model, model_state_dict(init_ckpt), cfg["init_from"])
     if rank_zero_only.rank == 0:
-        dump_config(cfg, run_dir / "config.yaml")
+        dump_config(cfg, run.config)
         _record_provenance(run_dir, resume=resume)
         if resume_ckpt is not None:
             _truncate_metrics(run_dir, resume_ckpt)
@@ -721,12 +725,12 @@ def _fit(
         "wall_time_s": round(time.time() - start, 3),
     }
     if trainer.is_global_zero:
-        if resume and (run_dir / "summary.json").is_file():
-            previous = json.loads((run_dir / "summary.json").read_text())
+        if resume and run.summary.is_file():
+            previous = json.loads(run.summary.read_text())
             summary["wall_time_s"] = round(
                 summary["wall_time_s"] + float(previous.get("wall_time_s", 0)), 3
             )
-        (run_dir / "summary.json").write_text(json.dumps(_nan_to_none(summary), indent=2))
+        run.summary.write_text(json.dumps(_nan_to_none(summary), indent=2))
     return summary
 
 
@@ -735,7 +739,7 @@ def _record_provenance(run_dir: Path, *, resume: bool) -> None:
     ``--resume``) of what ran it (arseg version, git commit, torch version, threads)."""
     from .provenance import provenance
 
-    path = run_dir / "provenance.json"
+    path = RunDir(run_dir).provenance
     entries: list[Any] = []
     if resume and path.is_file():
         try:
@@ -796,7 +800,7 @@ def evaluate(
             f"{ckpt_or_run_dir} is not a directory"
         )
     if checkpoint == "last":
-        path = Path(ckpt_or_run_dir) / "checkpoints" / "last.ckpt"
+        path = RunDir(ckpt_or_run_dir).last_ckpt
         if not path.is_file():
             raise FileNotFoundError(f"no checkpoints/last.ckpt in run directory {ckpt_or_run_dir}")
     else:
@@ -809,7 +813,7 @@ def evaluate(
     # writing into the run's own eval/ holds the run directory (not an evaluation elsewhere)
     run_dir = Path(ckpt_or_run_dir)
     if not run_dir.is_dir():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        run_dir = RunDir.of_checkpoint(path).path
     lock = output_lock(run_dir, out_dir, hint=", or evaluate into another folder with --out")
     try:
         if cfg["trainer"].get("num_threads"):
@@ -830,16 +834,6 @@ def evaluate(
             )
     finally:
         torch.set_num_threads(threads)
-
-
-def eval_dir_name(split: str, checkpoint: str = "best") -> str:
-    """Folder under ``RUN/eval`` of an evaluation: ``<split>`` for best, ``<split>-<name>`` else.
-
-    Example:
-        >>> eval_dir_name("val"), eval_dir_name("test", "last")
-        ('val', 'test-last')
-    """
-    return split if checkpoint == "best" else f"{split}-{checkpoint}"
 
 
 def _validate_eval_options(cfg: dict[str, Any]) -> None:
@@ -874,17 +868,17 @@ def _evaluate(
         # A relative root stored in a run is relative to the run directory (a run handed over
         # with its data beside it, possibly through a symlinked view), else to the current one.
         real = path.resolve()
-        run = real.parent.parent if real.parent.name == "checkpoints" else real.parent
-        cfg["data"]["root"] = resolve_data_root(cfg["data"]["root"], run)
+        cfg["data"]["root"] = resolve_data_root(
+            cfg["data"]["root"], RunDir.of_checkpoint(real).path
+        )
     _validate_eval_options(cfg)
     if not (math.isfinite(boundary_ratio) and boundary_ratio > 0):
         raise ValueError(f"the boundary ratio must be a positive number, got {boundary_ratio}")
     split = split or cfg["data"]["val_split"]
     if out_dir is None:
         base = Path(ckpt_or_run_dir)
-        if not base.is_dir():
-            base = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        out_dir = base / "eval" / eval_dir_name(split, path.stem)
+        run = RunDir(base) if base.is_dir() else RunDir.of_checkpoint(path)
+        out_dir = run.eval_dir(split, path.stem)
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -952,5 +946,5 @@ def _evaluate(
     }
     np.save(out_dir / "per_image_confusion.npy", confusions)
     np.save(out_dir / "per_image_boundary.npy", boundary)
-    (out_dir / "metrics.json").write_text(json.dumps(_nan_to_none(metrics), indent=2))
+    (out_dir / rundir.EVAL_METRICS).write_text(json.dumps(_nan_to_none(metrics), indent=2))
     return {**metrics, "eval_dir": str(out_dir)}

@@ -1,0 +1,47 @@
+"""The run-directory layout (arseg.rundir): one name for every path of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from arseg import rundir
+from arseg.rundir import RunDir, eval_dir_name
+
+
+def test_paths_of_a_run() -> None:
+    run = RunDir("runs/ar")
+    assert run.path == Path("runs/ar")
+    assert run.config == Path("runs/ar/config.yaml")
+    assert run.metrics_csv == Path("runs/ar/metrics.csv")
+    assert run.summary == Path("runs/ar/summary.json")
+    assert run.provenance == Path("runs/ar/provenance.json")
+    assert run.lock == Path("runs/ar/.arseg.lock")
+    assert run.best_ckpt == Path("runs/ar/checkpoints/best.ckpt")
+    assert run.last_ckpt == Path("runs/ar/checkpoints/last.ckpt")
+    assert run.eval_dir("val") == Path("runs/ar/eval/val")
+    assert run.eval_dir("test", "last") == Path("runs/ar/eval/test-last")
+    assert run.eval_metrics("val", "last") == Path("runs/ar/eval/val-last/metrics.json")
+    assert RunDir(Path("runs/ar")) == run
+
+
+def test_run_of_a_checkpoint() -> None:
+    assert RunDir.of_checkpoint("runs/ar/checkpoints/best.ckpt") == RunDir("runs/ar")
+    assert RunDir.of_checkpoint("weights/model.ckpt") == RunDir("weights")
+
+
+def test_one_name_for_each_place() -> None:
+    from arseg.analysis import runs
+    from arseg.engine import dirlock, train
+
+    assert dirlock.LOCK_NAME == rundir.LOCK_NAME
+    assert train.eval_dir_name is eval_dir_name
+    assert runs.eval_dir_name is eval_dir_name
+
+
+def test_rundir_is_torch_free() -> None:
+    import subprocess
+    import sys
+
+    source = Path(rundir.__file__).read_text()
+    assert "torch" not in source.split('"""', 2)[2]
+    assert subprocess.run([sys.executable, "-c", "import arseg.rundir"]).returncode == 0
