@@ -24,8 +24,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "CHECKPOINTS",
@@ -40,6 +42,7 @@ __all__ = [
     "RunDir",
     "checkpoint_file",
     "eval_dir_name",
+    "nan_to_none",
 ]
 
 CONFIG = "config.yaml"
@@ -136,3 +139,14 @@ class RunDir:
     def eval_metrics(self, split: str, checkpoint: str = "best") -> Path:
         """The ``metrics.json`` of that evaluation."""
         return self.eval_dir(split, checkpoint) / EVAL_METRICS
+
+
+def nan_to_none(obj: Any) -> Any:
+    """``obj`` with every NaN float (in dicts and lists) as None: what a JSON record holds."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [nan_to_none(v) for v in obj]
+    return obj

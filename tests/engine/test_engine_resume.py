@@ -106,7 +106,7 @@ def test_resume_at_an_epoch_boundary_matches_uninterrupted(tmp_path, tiny_config
 def test_resume_log_repair_restores_the_row_lost_with_the_process(tmp_path):
     """Lightning checkpoints a step before its logger writes that step's row: a kill in between
     leaves the row only in the checkpoint, and a crash can cut the last CSV line short."""
-    from arseg.engine.train import _truncate_metrics
+    from arseg.engine.callbacks import truncate_metrics
 
     header = "epoch,lr,step,train/ar,train/ce,train/loss\n"
     (tmp_path / "metrics.csv").write_text(
@@ -120,7 +120,7 @@ def test_resume_log_repair_restores_the_row_lost_with_the_process(tmp_path):
         "train/ar": 0.375,
         "lr": 0.008,
     }
-    _truncate_metrics(tmp_path, {"global_step": 3, "arseg_last_train_row": lost})
+    truncate_metrics(tmp_path, {"global_step": 3, "arseg_last_train_row": lost})
     with open(tmp_path / "metrics.csv") as f:
         assert f.readline() == header  # sorted, as Lightning appends
         rows = list(csv.DictReader([header, *f]))
@@ -131,13 +131,13 @@ def test_resume_log_repair_restores_the_row_lost_with_the_process(tmp_path):
     ]
 
     # resuming from an earlier checkpoint drops the steps the run will log again
-    _truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
+    truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
     with open(tmp_path / "metrics.csv") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [0]
 
     # an empty file (killed before the first flush) gets the header and the row
     (tmp_path / "metrics.csv").write_text("")
-    _truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
+    truncate_metrics(tmp_path, {"global_step": 1, "arseg_last_train_row": {**lost, "step": 0.0}})
     assert (tmp_path / "metrics.csv").read_text().splitlines() == [
         header.strip(),
         "0,0.008,0,0.375,1.25,1.25",

@@ -19,8 +19,8 @@ _EXPORTS = {
     "build_eval_dataset": "datamodule",
     "predict_logits": "inference",
     "SegmentationModule": "module",
-    "RunDirError": "train",
-    "evaluate": "train",
+    "RunDirError": "preflight",
+    "evaluate": "evaluation",
     "fit": "train",
 }
 

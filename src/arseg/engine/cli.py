@@ -167,10 +167,12 @@ def _fail(err: Exception) -> int:
 
 
 def _expected_errors() -> tuple[type[Exception], ...]:
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
     from .checkpoint import CheckpointMismatchError
     from .config import ConfigError
     from .dirlock import DirectoryLockError
-    from .train import MisconfigurationException, RunDirError
+    from .preflight import RunDirError
 
     # ValueError / TypeError cover the input checks of the datasets (DatasetError), models and
     # losses: their messages say what was expected and what came, so no traceback is shown.
@@ -232,7 +234,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .train import check_accelerator, evaluate
+    from .evaluation import evaluate
+    from .preflight import check_accelerator
 
     eval_over: dict[str, Any] = {}
     if args.scales is not None:
@@ -284,7 +287,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_paths
-    from .train import check_accelerator
+    from .preflight import check_accelerator
 
     try:
         check_accelerator(args.accelerator or "cpu")  # gpu without one: an error, no fallback

@@ -92,7 +92,7 @@ def _stage_config(
 
 
 def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None:
-    from .train import RunDirError
+    from .preflight import RunDirError
 
     for name in stages:
         run_dir = out / name
@@ -163,7 +163,8 @@ def run_demo(
     An earlier demo's runs under ``out`` are replaced; any other run directory in the way is
     refused unless ``overwrite`` (the demo never deletes a run it did not write).
     """
-    from .train import evaluate, fit
+    from .evaluation import evaluate
+    from .train import fit
 
     out = Path(out)
     steps = int(steps or DEFAULT_STEPS)

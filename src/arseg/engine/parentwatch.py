@@ -4,7 +4,7 @@ When the parent process ends, however it ends (SIGKILL, the OOM killer), the chi
 on Linux from the kernel (``prctl(PR_SET_PDEATHSIG)``), elsewhere (or where prctl fails) from a
 daemon thread that polls the parent pid once a second. A
 training run handles SIGTERM by saving ``last.ckpt`` at its next step boundary and exiting
-(:class:`arseg.engine.train.TrainingInterrupted`), so an orphaned worker stops within a step and
+(:class:`arseg.engine.callbacks.TrainingInterrupted`), so an orphaned worker stops within a step and
 its run resumes exactly.
 
 Torch-free: importable without Lightning.
