@@ -133,3 +133,93 @@ def test_module_matches_function_and_rejects_bad_options():
         AAFLoss(class_weights=[1.0, -1.0])
     with pytest.raises(ValueError, match="class_weights has 2 entries"):
         aaf_loss(logits, target, class_weights=[1.0, 1.0])
+
+
+# --- at the network's output resolution: the target sampled at the logit cells' centres ---
+
+
+def labels_at_cell_centres(target, height, width):
+    """(B, H, W) labels picked at floor((i + 0.5) * H / h), floor((j + 0.5) * W / w), in Python
+    floating point (shares no code with arseg.losses.sampling)."""
+    big_h, big_w = target.shape[-2:]
+    out = torch.empty(target.shape[0], height, width, dtype=target.dtype)
+    for i in range(height):
+        for j in range(width):
+            row = math.floor((i + 0.5) * big_h / height)
+            col = math.floor((j + 0.5) * big_w / width)
+            out[:, i, j] = target[:, row, col]
+    return out
+
+
+@pytest.mark.parametrize("big", [(20, 24), (23, 37), (5, 6)])
+def test_a_larger_target_is_read_at_the_logit_cell_centres(big):
+    # stride 4 exactly, a ratio that is no integer, and the logits' own size
+    gen = torch.Generator().manual_seed(11)
+    logits = 2 * torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, *big), generator=gen)
+    target[0, : big[0] // 3] = 255
+    small = labels_at_cell_centres(target, 5, 6)
+    got = aaf_loss(logits, target, reduction="none")
+    torch.testing.assert_close(got, aaf_loss(logits, small, reduction="none"), rtol=0, atol=0)
+    ref = reference_aaf(logits, small)
+    torch.testing.assert_close(got, torch.tensor(ref, dtype=torch.float64))
+    # (B, 1, H, W) and uint8 targets, and the module, read the same labels
+    torch.testing.assert_close(aaf_loss(logits, target.unsqueeze(1).to(torch.uint8)), got.mean())
+    torch.testing.assert_close(AAFLoss()(logits, target), got.mean())
+
+
+def test_ignore_handling_at_the_logit_resolution():
+    gen = torch.Generator().manual_seed(12)
+    logits = 2 * torch.randn(2, 3, 6, 8, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 3, (2, 24, 32), generator=gen)  # stride 4: centres at 4 i + 2
+    target[0, 2::4, 2::4][1:3, 2:5] = 255  # six ignored cell centres
+    target[1, 9:11] = 255  # rows 9 and 10: the centres of logit row 2 (row 10)
+    small = labels_at_cell_centres(target, 6, 8)
+    assert (small[0] == 255).sum() == 6 and (small[1, 2] == 255).all()
+    assert (small[1, [0, 1, 3, 4, 5]] != 255).all()
+    expected = torch.tensor(reference_aaf(logits, small), dtype=torch.float64)
+    torch.testing.assert_close(aaf_loss(logits, target, reduction="none"), expected)
+    # Labels away from the centres, ignored or not, change nothing.
+    other = target.clone()
+    off_centre = torch.ones(24, 32, dtype=torch.bool)
+    off_centre[2::4, 2::4] = False
+    other[:, off_centre] = 255
+    torch.testing.assert_close(aaf_loss(logits, other, reduction="none"), expected)
+    # A logit cell whose centre is ignored has no pair: no gradient, whatever its logits.
+    x = logits.clone().requires_grad_(True)
+    aaf_loss(x, target).backward()
+    ignored = (small == 255).unsqueeze(1).expand_as(x)
+    assert torch.all(x.grad[ignored] == 0) and x.grad[~ignored].abs().sum() > 0
+    # every label is checked, also where no centre falls
+    bad = target.clone()
+    bad[0, 0, 0] = 7
+    with pytest.raises(ValueError, match=r"\[0, 2\]") as info:
+        aaf_loss(logits, bad)
+    assert "\n" not in str(info.value)
+
+
+def test_a_smaller_target_repeats_its_labels_as_ar_loss():
+    gen = torch.Generator().manual_seed(13)
+    logits = torch.randn(1, 3, 8, 6, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 3, (1, 4, 3), generator=gen)
+    repeated = target.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    assert repeated.equal(labels_at_cell_centres(target, 8, 6))
+    torch.testing.assert_close(aaf_loss(logits, target), aaf_loss(logits, repeated))
+
+
+def test_the_engine_hands_aaf_the_native_logits():
+    from arseg.losses import CompositeLoss
+
+    gen = torch.Generator().manual_seed(14)
+    native = torch.randn(2, 4, 6, 8, generator=gen, requires_grad=True)  # 1/4 of the labels
+    target = torch.randint(0, 4, (2, 24, 32), generator=gen)
+    target[1, :6] = 255
+    out = CompositeLoss({"aaf": {"sizes": [1, 2]}})(native, target, {"aaf": 1.0})
+    direct = aaf_loss(native, target, sizes=(1, 2))
+    assert out.terms["aaf"].item() == direct.item()
+    upsampled = torch.nn.functional.interpolate(native, size=(24, 32), mode="bilinear")
+    assert abs(aaf_loss(upsampled, target, sizes=(1, 2)).item() - direct.item()) > 1e-3
+    # its gradient reaches the native logits as the direct call's does
+    (grad,) = torch.autograd.grad(out.total - out.ce, native)
+    (expected,) = torch.autograd.grad(direct, native)
+    torch.testing.assert_close(grad, expected)

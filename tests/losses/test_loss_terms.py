@@ -30,7 +30,9 @@ def test_the_five_terms_and_their_entries():
     }
     for name, fn in expected_fns.items():
         term = loss_term(name)
-        assert term.name == name and term.fn is fn and not term.native_logits
+        assert term.name == name and term.fn is fn
+        # AAF at the network's output resolution, as its reference; the others at the labels'
+        assert term.native_logits == (name == "aaf")
     with pytest.raises(TypeError):
         LOSS_TERMS["new"] = ar  # read-only
     with pytest.raises(dataclasses.FrozenInstanceError):

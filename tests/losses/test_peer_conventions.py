@@ -147,7 +147,6 @@ def test_bad_inputs_are_one_line_errors(name):
     fn = PEERS[name]
     logits, target = batch(7)
     cases = [
-        (lambda: fn(logits[:, :, :6], target), ValueError, "upsample"),
         (lambda: fn(logits, target.float()), TypeError, "integer class labels"),
         (lambda: fn(logits[0], target), ValueError, "4 dimensions"),
         (lambda: fn(logits.long(), target), TypeError, "float16"),
@@ -156,6 +155,8 @@ def test_bad_inputs_are_one_line_errors(name):
         (lambda: fn(logits, target, reduction="avg"), ValueError, "reduction"),
         (lambda: fn(logits, target, ignore_index=1.0), TypeError, "ignore_index"),
     ]
+    if name != "aaf":  # AAF samples a target of another size at the logit cells (test_aaf)
+        cases.append((lambda: fn(logits[:, :, :6], target), ValueError, "upsample"))
     for call, error, match in cases:
         with pytest.raises(error, match=match) as info:
             call()

@@ -17,6 +17,23 @@ fixed (default all ones). What is kept from the reference:
   the means still over element counts;
 * pairs with an unlabelled pixel, or with a neighbour outside the image, are dropped.
 
+**Resolution.** The reference computes the loss at the network's output resolution: it shrinks
+the labels to the output size (stride 8; ``tf.image.resize_nearest_neighbor``, 336 x 336 crops
+-> 42 x 42, ``pyscripts/train/train_aaf.py``) and compares the output probabilities there, so
+its neighbours at distance 1-3 are 1-3 *output* pixels (8-24 image pixels) apart. arseg does the
+same: the engine hands AAF the model's native logits (``native_logits`` in
+:data:`arseg.losses.LOSS_TERMS`), and a target larger than the logits is sampled at the centres
+of the logit cells (nearest-exact, as ``ar_loss(..., scales=None)``; labels are picked, never
+interpolated). At stride 4 (LW-RefineNet) the neighbours are 1-3 logit pixels = 4-12 image
+pixels apart. Computed on logits upsampled to the label size instead, the distances would be
+1-3 *label* pixels, where neighbouring upsampled predictions are interpolations of the same few
+logits (nearly equal by construction), the field would look at another scale than the
+reference's, and the cost would grow with the square of the stride (16x at stride 4). One
+convention differs: TF1's ``resize_nearest_neighbor`` (no half-pixel centres) picks
+``floor(i H / h)``, the top-left label of each cell; arseg picks the label at the cell centre,
+``floor((i + 0.5) H / h)``, the one the logit is centred on (as AR does). A target of the
+logits' size is used as it is.
+
 Differences, all deliberate: the reference's mask of ignored pairs also drops the pair (i, i + d)
 when the pixel i - d on the other side is unlabelled or outside the image (a side effect of
 building the mask "bi-directionally"); here only pairs that *touch* such a pixel are dropped. A
@@ -42,8 +59,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from ._checks import check_ignore_index
+from ._checks import (
+    check_batch,
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+    label_map,
+)
 from ._dense import check_number, check_reduction, dense_inputs, reduce_images
+from .sampling import sample_positions
 
 __all__ = ["AAFLoss", "aaf_loss"]
 
@@ -149,6 +174,29 @@ def _pairs(p: Tensor, labels: Tensor, valid: Tensor, own: Tensor, sizes: tuple[i
             yield k, a, b, pair, differ, kls
 
 
+def _labels_at_logit_cells(logits: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """The target sampled at the centres of the logit cells when its size is not the logits'.
+
+    Nearest-exact, exactly as ``ar_loss(..., scales=None)`` reads its labels (one position per
+    logit cell, row ``floor((i + 0.5) H / h)``, column ``floor((j + 0.5) W / w)``, see
+    :mod:`arseg.losses.sampling`): labels are picked, never interpolated. Any sizes work, as in
+    ``ar_loss``: a target smaller than the logits repeats its labels. Every label of the full
+    target is checked first (a bad one is an error even where no cell centre falls); the
+    other checks are those of :func:`~arseg.losses._dense.dense_inputs`, with its one-line
+    errors.
+    """
+    check_logits(logits)
+    check_target(target)
+    check_batch(logits, target)
+    check_ignore_index(ignore_index)
+    labels = label_map(target)
+    size = tuple(logits.shape[-2:])
+    if tuple(labels.shape[-2:]) == size:
+        return target
+    check_label_values(labels, max(logits.shape[1], 2), ignore_index)
+    return sample_positions(labels, [size]).view(labels.shape[0], *size)
+
+
 class _AAFSums(torch.autograd.Function):
     """Per image and size: the weighted sums of the edge and of the non-edge elements.
 
@@ -230,9 +278,9 @@ def aaf_loss(
 ) -> Tensor:
     r"""Affinity field loss of AAF with fixed class weights (see the module for the details).
 
-    Per image and per size s, over the ordered pairs (i, j) with j one of the 8 neighbours of i
-    at distance s (both labelled, j inside the image) and the classes c, with ``p`` the clipped
-    softmax and ``w`` the class weight of i's label,
+    Per image and per size s, over the ordered pairs (i, j) of logit pixels with j one of the 8
+    neighbours of i at distance s (both labelled, j inside the image) and the classes c, with
+    ``p`` the clipped softmax and ``w`` the class weight of i's label,
 
     .. math::
         \mathrm{KL}_{ijc} = p_{jc} \log\frac{p_{jc}}{p_{ic}}
@@ -245,10 +293,16 @@ def aaf_loss(
     directions (the KL is not symmetric).
 
     Args:
-        logits: (B, C, H, W) float16 / bfloat16 / float32 / float64 class scores, at the
-            target's size (upsample them first; a mismatch is a ``ValueError``). C = 1 (a
-            sigmoid map ``z``) is the two-class distribution ``(1 - sigmoid(z), sigmoid(z))``.
-        target: (B, H, W) or (B, 1, H, W) integer labels in [0, C) or ``ignore_index``.
+        logits: (B, C, h, w) float16 / bfloat16 / float32 / float64 class scores at the
+            network's output resolution, as the reference computes the loss (the engine passes
+            them so), or at any other size: the pairs and the distances ``sizes`` are those of
+            the logit grid. C = 1 (a sigmoid map ``z``) is the two-class distribution
+            ``(1 - sigmoid(z), sigmoid(z))``.
+        target: (B, H, W) or (B, 1, H, W) integer labels in [0, C) or ``ignore_index``. At
+            the logits' size it is used as it is; otherwise its labels are sampled at the
+            centres of the logit cells (row ``floor((i + 0.5) H / h)``, column
+            ``floor((j + 0.5) W / w)``: nearest-exact, exactly as ``ar_loss(..., scales=None)``,
+            never interpolated; a smaller target repeats labels, as there).
         ignore_index: label of unlabelled pixels; pairs touching one are dropped.
         reduction: ``"mean"`` (over the images with at least one pair), ``"sum"`` or ``"none"``
             ((B,), 0 for an image without pairs).
@@ -264,20 +318,22 @@ def aaf_loss(
 
     Raises:
         TypeError: non-tensor inputs, non-float logits, a float target, non-numeric options.
-        ValueError: wrong ranks or sizes, labels outside [0, C) other than ``ignore_index``, bad
-            ``sizes`` / ``margin`` / ``class_weights`` (or a length other than C), an unknown
-            ``reduction``.
+        ValueError: wrong ranks, a batch mismatch, labels outside [0, C) other than
+            ``ignore_index`` (anywhere in the target), bad ``sizes`` / ``margin`` /
+            ``class_weights`` (or a length other than C), an unknown ``reduction``. No sizes
+            are refused (a distance beyond the logit grid has no pair and adds 0).
 
     Example:
-        >>> logits = torch.randn(2, 5, 32, 32, requires_grad=True)
-        >>> target = torch.randint(0, 5, (2, 32, 32))
-        >>> target[:, :4] = 255                        # ignored rows: their pairs are dropped
-        >>> loss = aaf_loss(logits, target)
+        >>> logits = torch.randn(2, 5, 32, 32, requires_grad=True)   # stride 4 of the labels
+        >>> target = torch.randint(0, 5, (2, 128, 128))
+        >>> target[:, :16] = 255                       # ignored rows: their pairs are dropped
+        >>> loss = aaf_loss(logits, target)            # labels at the 32 x 32 cell centres
         >>> loss.backward()
         >>> aaf_loss(logits, target, sizes=(1,), reduction="none").shape
         torch.Size([2])
     """
     sizes = check_aaf_options(sizes, margin, class_weights)
+    target = _labels_at_logit_cells(logits, target, ignore_index)
     z, labels, valid = dense_inputs(logits, target, ignore_index, reduction, loss="aaf_loss")
     batch, num_classes, height, width = z.shape
     dtype = z.dtype
@@ -324,7 +380,9 @@ class AAFLoss(nn.Module):
         class_weights: optional (C,) weights by the centre pixel's class.
 
     Shape:
-        - logits: (B, C, H, W) float, at the target's size; target: (B, H, W) or (B, 1, H, W).
+        - logits: (B, C, h, w) float, at the network's output resolution (or any size);
+          target: (B, H, W) or (B, 1, H, W), sampled at the logit cells' centres if H, W
+          differ from h, w.
         - output: scalar float32 ((B,) for ``reduction="none"``).
 
     Example:

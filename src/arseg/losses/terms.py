@@ -2,16 +2,18 @@
 
 Each :class:`LossTerm` names a function ``fn(logits, target, *, ignore_index=..., reduction=...,
 **options)`` (reduction ``"mean"`` by default: a scalar float32), the options it takes with their
-defaults, and whether it takes the model's native-resolution logits (AR samples logits and
-labels at the same scene points) or logits upsampled to the label size (every other term).
+defaults, and whether it takes the model's native-resolution logits or logits upsampled to the
+label size. AR (it samples logits and labels at the same scene points) and AAF (computed at the
+network's output resolution as its reference does, on the labels at the logit cells' centres)
+take the native logits; Lovasz-softmax, RMI and Dice the upsampled ones.
 
 Example:
     >>> sorted(LOSS_TERMS)
     ['aaf', 'ar', 'dice', 'lovasz', 'rmi']
     >>> check_term_options("aaf", {"margin": 2.0})
     {'sizes': (1, 2, 3), 'margin': 2.0, 'class_weights': None}
-    >>> loss_term("ar").native_logits, loss_term("rmi").native_logits
-    (True, False)
+    >>> [name for name, term in LOSS_TERMS.items() if term.native_logits]
+    ['ar', 'aaf']
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ class LossTerm:
             ``"mean"``); it also takes ``reduction``.
         defaults: every option the term accepts (besides ``ignore_index`` and ``reduction``)
             and its default.
-        native_logits: ``True``: ``fn`` takes the model's native-resolution logits (AR samples
-            them); ``False``: logits upsampled to the label size.
+        native_logits: ``True``: ``fn`` takes the model's native-resolution logits and a
+            larger target (AR samples both at the same scene points; AAF reads the labels at
+            the centres of the logit cells); ``False``: logits upsampled to the label size.
     """
 
     name: str
@@ -94,7 +97,8 @@ LOSS_TERMS: Mapping[str, LossTerm] = MappingProxyType(
             bce_weight=0.5,
             eps=5e-4,
         ),
-        "aaf": _term("aaf", aaf_loss, False, sizes=(1, 2, 3), margin=3.0, class_weights=None),
+        # at the network's output resolution, as the reference (see arseg.losses.aaf)
+        "aaf": _term("aaf", aaf_loss, True, sizes=(1, 2, 3), margin=3.0, class_weights=None),
         "dice": _term("dice", dice_loss, False, smooth=1.0, per_image=False),
     }
 )
