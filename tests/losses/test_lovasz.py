@@ -90,6 +90,34 @@ def test_ties_do_not_change_the_value():
     assert lovasz_softmax_loss(logits, target).item() == pytest.approx(ref, rel=1e-12)
 
 
+@pytest.mark.parametrize("per_image", [False, True])
+def test_the_torch_sort_path_gives_what_the_numpy_path_gives(monkeypatch, per_image):
+    # On the CPU the sort goes through numpy's argsort where torch's numpy bridge works, else
+    # through torch.sort (no numpy, CUDA, torch.compile): same values; the gradients may differ
+    # only inside ties (none here).
+    gen = torch.Generator().manual_seed(8)
+    logits = 2 * torch.randn(3, 4, 9, 11, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 4, (3, 9, 11), generator=gen)
+    target[0, :3] = 255
+    target[2] = 255
+
+    def value_and_grad():
+        x = logits.clone().requires_grad_(True)
+        value = lovasz_softmax_loss(x, target, per_image=per_image, reduction="none")
+        value.sum().backward()
+        return value.detach(), x.grad
+
+    expected = value_and_grad()
+
+    def no_numpy(self):
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+    got = value_and_grad()
+    torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-14, atol=1e-16)
+
+
 def test_matches_smp_where_installed():
     lovasz = pytest.importorskip("segmentation_models_pytorch.losses.lovasz")
     gen = torch.Generator().manual_seed(6)

@@ -35,6 +35,14 @@ Cholesky factor of J is the Cholesky factor of its Schur complement
 ``log det(Sigma + eps I) = 2 sum log diag(L)[d:]``, with no explicit inverse and no
 difference of large matrices. The result is returned in the logits' precision (float32).
 
+**Cost.** The float64 region vectors are 2 radius^2 = 18 values per pooled position, class and
+image (57 MB for a (8, 11, 180, 240) batch): writing them, centring them and autograd's two
+products and gradient buffers over them took two thirds of the loss's time. Here they are built
+a few maps at a time (:data:`CHUNK_BYTES`, cache-sized), only their 18 x 18 moments are kept,
+and the backward rebuilds them and takes one product for the probability rows alone
+(:class:`_RegionMoments`); values bit for bit as before, gradients within float rounding. What
+remains is mostly the full-resolution BCE, sigmoid and max-pooling, which the loss defines.
+
 Other differences from the reference: it divides the BCE sum by the number of labelled pixels
 (the reference by that number + 1, a zero-division guard); it takes ``log`` of the Cholesky
 diagonal without the reference's ``+ 1e-8``; images without labelled pixels are left out of the
@@ -48,6 +56,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ._checks import check_ignore_index
 from ._dense import check_number, check_reduction, dense_inputs, one_hot_valid
@@ -77,6 +86,70 @@ def _pooled_size(size: int, pool_size: int, pool_stride: int) -> int:
     return (size + 2 * (pool_size // 2) - pool_size) // pool_stride + 1
 
 
+#: Bytes of float64 region vectors built at a time (a few maps per chunk); the vectors of a
+#: whole batch (2 radius^2 values per position, class and image) are never held at once.
+CHUNK_BYTES = 8 * 2**20
+
+
+def _chunks(maps: Tensor, radius: int) -> list[tuple[int, int]]:
+    """(start, stop) ranges of the (N, 2, h, w) maps whose region vectors fit CHUNK_BYTES."""
+    h, w = maps.shape[-2:]
+    per_map = 2 * radius * radius * (h - radius + 1) * (w - radius + 1) * 8
+    step = max(1, CHUNK_BYTES // per_map)
+    return [(i, min(i + step, maps.shape[0])) for i in range(0, maps.shape[0], step)]
+
+
+def _centred_regions(maps: Tensor, radius: int) -> Tensor:
+    """(N, 2, h, w) float64 maps -> (N, 2 d, n) region vectors, centred over the n positions.
+
+    Row k < d is offset (k // radius, k % radius) of the window in the first map (P), row
+    d + k the same offset in the second (Y).
+    """
+    x = F.unfold(maps, kernel_size=radius)
+    return x.sub_(x.mean(dim=-1, keepdim=True))
+
+
+class _RegionMoments(torch.autograd.Function):
+    """Centred joint second moments ``J = X X^T`` (float64) of the region vectors ``X = [P; Y]``.
+
+    Built a few maps at a time (:data:`CHUNK_BYTES`) and recomputed in the backward rather than
+    kept: the vectors of a batch are ``2 radius^2`` times the pooled maps, in float64. The
+    backward is ``dX = (G + G^T) X`` for the rows of P only (the centring adds nothing: the
+    centred rows sum to 0), folded back onto the map: one product instead of autograd's two
+    over all 2 d rows, and no gradient for the labels.
+    """
+
+    @staticmethod
+    def forward(ctx, probs, labels, radius):
+        # probs, labels (B, C, h, w); labels need no gradient.
+        batch, num_classes = probs.shape[:2]
+        maps = torch.stack([probs, labels], dim=2).flatten(0, 1).to(torch.float64)
+        d = radius * radius
+        moments = maps.new_empty(maps.shape[0], 2 * d, 2 * d)
+        for start, stop in _chunks(maps, radius):
+            x = _centred_regions(maps[start:stop], radius)
+            torch.matmul(x, x.transpose(-1, -2), out=moments[start:stop])
+        ctx.save_for_backward(maps)
+        ctx.radius, ctx.dtype = radius, probs.dtype
+        return moments.view(batch, num_classes, 2 * d, 2 * d)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_moments):
+        (maps,) = ctx.saved_tensors
+        radius = ctx.radius
+        d = radius * radius
+        grad = grad_moments.flatten(0, 1)
+        grad = (grad + grad.transpose(-1, -2))[:, :d]  # (N, d, 2 d): the rows of P
+        out = maps.new_empty(maps.shape[0], 1, *maps.shape[-2:])
+        for start, stop in _chunks(maps, radius):
+            x = _centred_regions(maps[start:stop], radius)
+            out[start:stop] = F.fold(
+                grad[start:stop] @ x, output_size=maps.shape[-2:], kernel_size=radius
+            )
+        return out.view(grad_moments.shape[:2] + maps.shape[-2:]).to(ctx.dtype), None, None
+
+
 def rmi_lower_bound(labels: Tensor, probs: Tensor, radius: int, eps: float) -> Tensor:
     """``0.5 log det(Sigma + eps I)`` per image and class of (pooled) maps; (B, C).
 
@@ -89,15 +162,10 @@ def rmi_lower_bound(labels: Tensor, probs: Tensor, radius: int, eps: float) -> T
     Returns:
         (B, C) in the dtype of ``probs``; the moments and their Cholesky factor in float64.
     """
-    batch, num_classes = labels.shape[:2]
     d = radius * radius
-    # (B, C * d, n) -> (B, C, d, n): row k = offset (k // radius, k % radius) in the window.
-    y = F.unfold(labels, kernel_size=radius).view(batch, num_classes, d, -1)
-    p = F.unfold(probs, kernel_size=radius).view(batch, num_classes, d, -1)
-    x = torch.cat([p, y], dim=2).to(torch.float64)  # (B, C, 2d, n): P first, then Y
-    x = x - x.mean(dim=-1, keepdim=True)
-    eye = torch.eye(2 * d, dtype=x.dtype, device=x.device)
-    chol = torch.linalg.cholesky(x @ x.transpose(-1, -2) + eps * eye)
+    moments = _RegionMoments.apply(probs, labels, radius)  # P rows first, then Y
+    eye = torch.eye(2 * d, dtype=moments.dtype, device=moments.device)
+    chol = torch.linalg.cholesky(moments + eps * eye)
     # 0.5 * log det(Sigma + eps I) = 0.5 * 2 * sum log diag of the trailing block
     return chol.diagonal(dim1=-2, dim2=-1)[..., d:].log().sum(dim=-1).to(probs.dtype)
 
