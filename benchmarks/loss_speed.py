@@ -15,24 +15,31 @@ size (the gradient of the logits itself counts as 1): CUDA peak allocated memory
 the peak resident set of a fresh subprocess per case (Linux).
 
 The peers table times every structural loss of :data:`arseg.losses.LOSS_TERMS` at its defaults
-on the same logits and target (all at the target's size, which the peers require): CE, AR at
-(12, 6), AR at full resolution (factorized), Lovasz-softmax, RMI, AAF and soft Dice, each with
-its ratio to CE.
+on the same logits and target (at the target's size): CE, AR at (12, 6), AR at full resolution
+(factorized), Lovasz-softmax, RMI, AAF and soft Dice, each with its ratio to CE; and ``AAF /4``,
+AAF as the engine runs it for a stride-4 model (logits at 1/4 of the target's rows and columns,
+the target at full size, read at the logit cells' centres). Its shapes add the CamVid
+fine-tune's (8, 11, 180, 240). ``--baseline REV`` adds Lovasz-softmax and RMI as of the git
+revision REV (their modules loaded from ``git show``, the helpers they import are today's),
+timed in the same interleaved rounds: a before / after comparison under one load.
 
     python benchmarks/loss_speed.py                   # CPU (+ CUDA if available)
     python benchmarks/loss_speed.py --device cpu --repeats 3 --no-memory
     python benchmarks/loss_speed.py --device cpu --table peers --max-pixels 131072
+    python benchmarks/loss_speed.py --device cpu --table peers --threads 1 --baseline 73d4e46
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +53,10 @@ SHAPES = [
     (2, 19, 256, 512),
     (2, 19, 512, 1024),
 ]
+# the peers' table adds the CamVid fine-tune's batch (8 crops of 180 x 240, 11 classes)
+PEER_SHAPES = [*SHAPES[:2], (8, 11, 180, 240), *SHAPES[2:]]
 CASES = ("ce", "ar_grid", "ar_full", "ar_full_explicit")
-PEER_CASES = ("ce", "ar_grid", "ar_full", "lovasz", "rmi", "aaf", "dice")
+PEER_CASES = ("ce", "ar_grid", "ar_full", "lovasz", "rmi", "aaf", "aaf_native", "dice")
 PEER_LABELS = {
     "ce": "CE",
     "ar_grid": "AR(12,6)",
@@ -55,14 +64,45 @@ PEER_LABELS = {
     "lovasz": "Lovasz",
     "rmi": "RMI",
     "aaf": "AAF",
+    "aaf_native": "AAF /4",
     "dice": "Dice",
 }
+#: cases whose logits are the network's output at stride 4 (1/4 of the target's size)
+NATIVE_STRIDE = {"aaf_native": 4}
+#: peers that ``--baseline REV`` also times as of REV: case -> (module, function)
+BASELINE_PEERS = {"lovasz": ("lovasz", "lovasz_softmax_loss"), "rmi": ("rmi", "rmi_loss")}
 # Explicit full resolution materialises about four (B, N, N) float32 buffers (A, M, A - M, grad).
 EXPLICIT_BUFFERS = 4
 CPU_EXPLICIT_BUDGET = 2 * 2**30
 
 
-def loss_fn(case: str):
+def load_baseline(rev: str) -> dict:
+    """``{"lovasz@REV": fn, "rmi@REV": fn}``: the peers' functions as of git revision ``rev``.
+
+    Each module's source comes from ``git show REV:src/arseg/losses/<module>.py`` and is run as
+    a module of ``arseg.losses`` (its relative imports get today's helpers).
+    """
+    root = Path(__file__).resolve().parents[1]
+    out = {}
+    for case, (module, function) in BASELINE_PEERS.items():
+        source = subprocess.run(
+            ["git", "-C", str(root), "show", f"{rev}:src/arseg/losses/{module}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        name = f"arseg.losses._baseline_{module}"
+        mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+        mod.__package__ = "arseg.losses"
+        sys.modules[name] = mod
+        exec(compile(source, f"{rev}:src/arseg/losses/{module}.py", "exec"), mod.__dict__)
+        out[f"{case}@{rev}"] = getattr(mod, function)
+    return out
+
+
+def loss_fn(case: str, baseline: dict | None = None):
+    if baseline and case in baseline:
+        return baseline[case]
     if case == "ce":
         return lambda x, t: F.cross_entropy(x, t, ignore_index=255)
     if case == "ar_grid":
@@ -71,7 +111,13 @@ def loss_fn(case: str):
         return lambda x, t: ar_loss(x, t, scales=None, method="factorized")
     if case == "ar_full_explicit":
         return lambda x, t: ar_loss(x, t, scales=None, method="explicit")
-    peers = {"lovasz": lovasz_softmax_loss, "rmi": rmi_loss, "aaf": aaf_loss, "dice": dice_loss}
+    peers = {
+        "lovasz": lovasz_softmax_loss,
+        "rmi": rmi_loss,
+        "aaf": aaf_loss,
+        "aaf_native": aaf_loss,
+        "dice": dice_loss,
+    }
     return peers[case]
 
 
@@ -98,18 +144,28 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def time_cases(cases, shape, device, repeats) -> dict[str, float]:
+def case_logits(case: str, logits: torch.Tensor) -> torch.Tensor:
+    """The case's own leaf: the logits, or for a native case every stride-th row and column."""
+    stride = NATIVE_STRIDE.get(case.partition("@")[0])
+    if stride is None:
+        return logits
+    return logits.detach()[..., ::stride, ::stride].contiguous().requires_grad_(True)
+
+
+def time_cases(cases, shape, device, repeats, baseline=None) -> dict[str, float]:
     """Median forward + backward seconds per case; the cases run interleaved (round-robin), so
     a load change on a shared machine hits all of them alike."""
     logits, target = make_inputs(shape, device)
-    fns = {case: loss_fn(case) for case in cases}
+    fns = {case: loss_fn(case, baseline) for case in cases}
+    inputs = {case: case_logits(case, logits) for case in cases}
     times = {case: [] for case in cases}
     for i in range(repeats + 1):
         for case, fn in fns.items():
-            logits.grad = None
+            x = inputs[case]
+            x.grad = None
             sync(device)
             start = time.perf_counter()
-            fn(logits, target).backward()
+            fn(x, target).backward()
             sync(device)
             if i > 0:  # the first round warms up allocators and kernels
                 times[case].append(time.perf_counter() - start)
@@ -213,20 +269,26 @@ def run(device, repeats, memory) -> None:
         print(row, flush=True)
 
 
-def run_peers(device, repeats, max_pixels) -> None:
+def run_peers(device, repeats, max_pixels, baseline_rev=None) -> None:
     print(f"\n### {device.type.upper()}: {machine_name(device)}, torch {torch.__version__}")
     print("every term at its defaults; forward + backward, median of", repeats, "runs;")
-    print("cells: ms (ratio to CE)")
-    print("| (B, C, h, w) | " + " | ".join(PEER_LABELS[c] for c in PEER_CASES) + " |")
-    print("| --- |" + " ---: |" * len(PEER_CASES))
-    for shape in SHAPES:
+    print("cells: ms (ratio to CE); AAF /4: logits at 1/4 of the target's size (stride 4)")
+    baseline = load_baseline(baseline_rev) if baseline_rev else {}
+    cases = (*PEER_CASES, *baseline)
+    labels = [PEER_LABELS.get(c, c) for c in PEER_CASES]
+    labels += [f"{PEER_LABELS[c.partition('@')[0]]} @{baseline_rev}" for c in baseline]
+    print("| (B, C, h, w) | " + " | ".join(labels) + " |")
+    print("| --- |" + " ---: |" * len(cases))
+    for shape in PEER_SHAPES:
         if shape[0] * shape[2] * shape[3] > max_pixels:
             continue
-        t = time_cases(PEER_CASES, shape, device, repeats)
+        t = time_cases(cases, shape, device, repeats, baseline)
         ce = t["ce"]
         cells = [f"{ce * 1e3:.1f}"]
-        cells += [f"{t[c] * 1e3:.1f} ({t[c] / ce:.1f}x)" for c in PEER_CASES[1:]]
+        cells += [f"{t[c] * 1e3:.1f} ({t[c] / ce:.1f}x)" for c in cases[1:]]
         print(f"| {shape} | " + " | ".join(cells) + " |", flush=True)
+    if device.type == "cpu":
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 def main(argv=None) -> int:
@@ -241,6 +303,12 @@ def main(argv=None) -> int:
         type=int,
         default=2 * 512 * 1024,
         help="peers table: skip shapes with more than B * h * w pixels",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        default=None,
+        help="peers table: also time Lovasz and RMI as of git revision REV (interleaved)",
     )
     parser.add_argument("--memory-child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -262,7 +330,7 @@ def main(argv=None) -> int:
         if args.table in ("ar", "all"):
             run(device, args.repeats, args.memory)
         if args.table in ("peers", "all"):
-            run_peers(device, args.repeats, args.max_pixels)
+            run_peers(device, args.repeats, args.max_pixels, args.baseline)
     return 0
 
 
