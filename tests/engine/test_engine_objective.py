@@ -121,3 +121,28 @@ def test_a_run_logs_every_term_its_weight_and_its_val_value(tmp_path, tiny_confi
         assert float(r["train/loss"]) == pytest.approx(expected, rel=1e-5)
     val = [r for r in rows if r.get("val/miou")]
     assert val and all(0 < float(r["val/dice"]) < 1 and float(r["val/aaf"]) >= 0 for r in val)
+
+
+def test_val_terms_take_the_logits_they_train_on(tiny_config) -> None:
+    """AAF samples the native logits (as in training), Dice takes them at the label size."""
+    import torch.nn.functional as F
+
+    from arseg.engine.module import SegmentationModule
+    from arseg.losses import aaf_loss, dice_loss
+
+    cfg = load_config(
+        tiny_config(),
+        ["model.num_classes=3", "loss.terms.aaf.weight=1", "loss.terms.dice.weight=1"],
+    )
+    module = SegmentationModule(cfg)
+    torch.manual_seed(0)
+    native = torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 32, 32))
+    up = F.interpolate(native, size=(32, 32), mode="bilinear", align_corners=False)
+    module._update_terms(native, up, target)
+    assert module.val_terms["aaf"].compute().item() == pytest.approx(
+        aaf_loss(native, target).item(), rel=1e-6
+    )
+    assert module.val_terms["dice"].compute().item() == pytest.approx(
+        dice_loss(up, target).item(), rel=1e-6
+    )

@@ -247,13 +247,15 @@ class SegmentationModule(L.LightningModule):
         self._update_ar(logits, target)
         up = upsample_logits(logits, target.shape[-2:], self.criterion.align_corners)
         self.val_metrics.update(up.argmax(1), target)
-        self._update_terms(up, target)
+        self._update_terms(logits, up, target)
 
-    def _update_terms(self, up: Tensor, target: Tensor) -> None:
-        """The values of the terms other than AR on val, on the label-size logits."""
+    def _update_terms(self, native: Tensor, up: Tensor, target: Tensor) -> None:
+        """The values of the terms other than AR on val, each on the logits it trains on
+        (native ones for the terms that sample them, e.g. AAF; ``up`` at the label size)."""
         if (target != self.ignore_index).any():
             for name, metric in self.val_terms.items():
-                metric.update(self.criterion.term(name, up, target), weight=target.shape[0])
+                value = self.criterion.term(name, native, target, label_size_logits=up)
+                metric.update(value, weight=target.shape[0])
 
     def _update_ar(self, logits: Tensor, target: Tensor) -> None:
         per_image = self._ar(logits, target, reduction="none")
@@ -301,7 +303,7 @@ class SegmentationModule(L.LightningModule):
         self._update_ar(native, target)
         if self.val_terms:
             up = upsample_logits(native, target.shape[-2:], self.criterion.align_corners)
-            self._update_terms(up, target)
+            self._update_terms(native, up, target)
         plain = list(ecfg["scales"]) == [1.0] and not ecfg["flip"] and ecfg["mode"] == "whole"
         if plain:
             logits = upsample_logits(native, target.shape[-2:], self.criterion.align_corners)

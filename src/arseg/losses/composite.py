@@ -93,11 +93,26 @@ class CompositeLoss(nn.Module):
         """The CE term alone (as :meth:`arseg.losses.CEARLoss.cross_entropy`)."""
         return self._ce.cross_entropy(logits, target)
 
-    def term(self, name: str, logits: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
-        """One term's value on ``logits`` (resized to the labels unless the term samples them)."""
+    def term(
+        self,
+        name: str,
+        logits: Tensor,
+        target: Tensor,
+        reduction: str = "mean",
+        *,
+        label_size_logits: Tensor | None = None,
+    ) -> Tensor:
+        """One term's value on ``logits`` (resized to the labels unless the term samples them).
+
+        ``label_size_logits``: the same logits already resized to the label size (validation
+        has them), used instead of resizing again by the terms that take them.
+        """
         spec, options = self.terms[name]
         if not spec.native_logits:
-            logits = self._label_size(logits, target)
+            if label_size_logits is not None:
+                logits = label_size_logits
+            else:
+                logits = self._label_size(logits, target)
         return spec.fn(
             logits, target, ignore_index=self.ignore_index, reduction=reduction, **options
         )
