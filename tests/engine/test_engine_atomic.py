@@ -63,9 +63,9 @@ def test_fit_writes_checkpoints_through_the_atomic_io(tmp_path, tiny_config, mon
     from arseg.engine import checkpoint, fit, load_config
 
     written = []
-    real = checkpoint._atomic_torch_save
+    real = checkpoint.atomic_torch_save
     monkeypatch.setattr(
-        checkpoint, "_atomic_torch_save", lambda obj, p: (written.append(p.name), real(obj, p))
+        checkpoint, "atomic_torch_save", lambda obj, p: (written.append(p.name), real(obj, p))
     )
     cfg = load_config(
         tiny_config(),

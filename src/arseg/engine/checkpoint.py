@@ -22,6 +22,7 @@ from arseg.rundir import CHECKPOINTS, RunDir
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointMismatchError",
+    "atomic_torch_save",
     "check_compatible",
     "find_checkpoint",
     "load_checkpoint",
@@ -34,7 +35,9 @@ class CheckpointMismatchError(ValueError):
     """A checkpoint that does not fit the config (model, number of classes, weights)."""
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename: ``path`` is the old file or the
+    new one, never half of one (a crash, a full disk)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -56,7 +59,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ) -> None:
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-        _atomic_torch_save(checkpoint, Path(path))
+        atomic_torch_save(checkpoint, Path(path))
 
     def load_checkpoint(
         self, path: Any, map_location: Any = None, weights_only: bool | None = None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register"]
+__all__ = ["expected_errors", "fail", "register"]
 
 _OVERRIDES_HELP = (
     "config overrides as dotted key=value pairs, e.g. optim.lr=0.02 trainer.max_epochs=10 "
@@ -161,12 +161,14 @@ def _one_line(err: Exception) -> str:
     return text
 
 
-def _fail(err: Exception) -> int:
+def fail(err: Exception) -> int:
+    """Print ``err`` as the one line ``arseg: error: ...`` on stderr; the exit status 2."""
     print(f"arseg: error: {_one_line(err)}", file=sys.stderr)
     return 2
 
 
-def _expected_errors() -> tuple[type[Exception], ...]:
+def expected_errors() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line (:func:`fail`), not as a traceback."""
     from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
     from .checkpoint import CheckpointMismatchError
@@ -203,7 +205,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     from .train import TrainingInterrupted, fit
 
     if args.allow_changes and not args.resume:
-        return _fail(ValueError("--allow-changes goes with --resume"))
+        return fail(ValueError("--allow-changes goes with --resume"))
     try:
         extra = {"init_from": str(args.init_from)} if getattr(args, "init_from", None) else None
         cfg = _config_from_args(args, extra)
@@ -219,8 +221,8 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return stop.exit_code
-    except _expected_errors() as err:
-        return _fail(err)
+    except expected_errors() as err:
+        return fail(err)
     from lightning.pytorch.utilities import rank_zero_only
 
     if rank_zero_only.rank != 0:
@@ -268,8 +270,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             boundary_ratio=args.boundary_ratio,
         )
-    except _expected_errors() as err:
-        return _fail(err)
+    except expected_errors() as err:
+        return fail(err)
     print(
         f"{m['split']} ({m['checkpoint_name']} checkpoint): mIoU {m['miou']:.4f}  Boundary IoU "
         f"{m['boundary_iou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
@@ -299,8 +301,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             flip=args.flip,
             accelerator=args.accelerator or "cpu",
         )
-    except _expected_errors() as err:
-        return _fail(err)
+    except expected_errors() as err:
+        return fail(err)
     print(f"wrote {len(written)} label PNGs and overlays to {args.out}")
     return 0
 
@@ -316,8 +318,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             overwrite=args.overwrite,
         )
-    except _expected_errors() as err:
-        return _fail(err)
+    except expected_errors() as err:
+        return fail(err)
     return 0
 
 
@@ -328,8 +330,8 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides) if args.config or args.overrides else None
-    except _expected_errors() as err:
-        return _fail(err)
+    except expected_errors() as err:
+        return fail(err)
     if cfg is None:
         print("# every config key with its default (arseg.engine.config.DEFAULTS); the 'options'")
         print("# mappings take free keyword arguments of build_model / build_dataset")

@@ -432,7 +432,10 @@ def validate_config(cfg: dict[str, Any]) -> dict[str, Any]:
         value = cfg["trainer"][key]
         if value is not None and value < 0:
             raise ConfigError(f"config key 'trainer.{key}' must be >= 0 or null, got {value}")
-    choices = {"method": ("auto", "explicit", "factorized"), "kernel": ("sqrt", "linear")}
+    from arseg.losses import KERNELS
+    from arseg.losses.functional import METHODS
+
+    choices = {"method": METHODS, "kernel": KERNELS}
     for key, allowed in choices.items():
         if cfg["loss"][key] not in allowed:
             raise ConfigError(

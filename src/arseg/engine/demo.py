@@ -111,7 +111,7 @@ def _check_only_demo_runs(out: Path, stages: list[str], overwrite: bool) -> None
 def _keep_what_a_newcomer_needs(out: Path, stages: list[str]) -> None:
     """Delete the fine-tunes' last.ckpt and keep the remaining checkpoints as weights only
     (model weights, config, step): a finished demo is evaluated and inspected, never resumed."""
-    from .checkpoint import _atomic_torch_save, load_checkpoint
+    from .checkpoint import atomic_torch_save, load_checkpoint
 
     keep = ("state_dict", "arseg_config", "epoch", "global_step", "pytorch-lightning_version")
     for stage in stages:
@@ -121,7 +121,7 @@ def _keep_what_a_newcomer_needs(out: Path, stages: list[str]) -> None:
             run.last_ckpt.unlink(missing_ok=True)
         for path in sorted(ckpt_dir.glob("*.ckpt")):
             ckpt = load_checkpoint(path)
-            _atomic_torch_save({k: ckpt[k] for k in keep if k in ckpt}, path)
+            atomic_torch_save({k: ckpt[k] for k in keep if k in ckpt}, path)
 
 
 def _size_mib(folder: Path) -> float:

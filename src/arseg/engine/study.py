@@ -1037,15 +1037,15 @@ def _seed_p(cmp: dict[str, Any] | None) -> str:
 
 # ----------------------------------------------------------------------------- CLI
 def _cmd_study(args: argparse.Namespace) -> int:
-    from .cli import _expected_errors, _fail
+    from .cli import expected_errors, fail
 
     try:
         run_study(args.config, args.out, eval_split=args.eval_split, data_root=args.data_root)
     except StudyError as err:  # a refused config: no need to import the engine to say so
-        return _fail(err)
+        return fail(err)
     except Exception as err:
-        if isinstance(err, _expected_errors()):
-            return _fail(err)
+        if isinstance(err, expected_errors()):
+            return fail(err)
         raise
     return 0
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import SegmentationModel, check_num_classes
-from .lwrefinenet import CRPBlock, _check_positive_int, _conv1x1, stage_outputs
+from .lwrefinenet import CRPBlock, check_positive_int, conv1x1, stage_outputs
 from .registry import register_model
 
 __all__ = [
@@ -228,8 +228,8 @@ class LWRefineNetEfficientLite(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        _check_positive_int(decoder_channels, "decoder_channels")
-        _check_positive_int(crp_stages, "crp_stages")
+        check_positive_int(decoder_channels, "decoder_channels")
+        check_positive_int(crp_stages, "crp_stages")
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = create_efficientnet_lite(variant, pretrained=pretrained)
@@ -249,9 +249,9 @@ class LWRefineNetEfficientLite(SegmentationModel):
                 groups.append([i])
         self.groups = groups[::-1]
         d = decoder_channels
-        self.projs = nn.ModuleList(_conv1x1(c, d) for c in channels)
+        self.projs = nn.ModuleList(conv1x1(c, d) for c in channels)
         self.crps = nn.ModuleList(CRPBlock(d, d, crp_stages) for _ in self.groups)
-        self.adapts = nn.ModuleList(_conv1x1(d, d) for _ in self.groups[1:])
+        self.adapts = nn.ModuleList(conv1x1(d, d) for _ in self.groups[1:])
         self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

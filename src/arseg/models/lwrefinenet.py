@@ -26,17 +26,26 @@ from .base import SegmentationModel, check_num_classes
 from .encoders import create_resnet_encoder
 from .registry import register_model
 
-__all__ = ["CRPBlock", "LWRefineNet", "LWRefineNetMobileNetV2", "reference_first_block"]
+__all__ = [
+    "CRPBlock",
+    "LWRefineNet",
+    "LWRefineNetMobileNetV2",
+    "check_positive_int",
+    "conv1x1",
+    "reference_first_block",
+]
 
 
-def _check_positive_int(value: object, name: str) -> None:
+def check_positive_int(value: object, name: str) -> None:
+    """A decoder width or stage count: an int >= 1 (TypeError / ValueError naming ``name``)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
 
 
-def _conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
+    """The decoders' 1x1 convolution (no bias: a BatchNorm or a sum follows)."""
     return nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False)
 
 
@@ -51,7 +60,7 @@ class CRPBlock(nn.Module):
         super().__init__()
         self.pool = nn.MaxPool2d(kernel_size=5, stride=1, padding=2)
         self.convs = nn.ModuleList(
-            _conv1x1(in_channels if i == 0 else out_channels, out_channels) for i in range(n_stages)
+            conv1x1(in_channels if i == 0 else out_channels, out_channels) for i in range(n_stages)
         )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -110,8 +119,8 @@ class LWRefineNet(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        _check_positive_int(decoder_channels, "decoder_channels")
-        _check_positive_int(crp_stages, "crp_stages")
+        check_positive_int(decoder_channels, "decoder_channels")
+        check_positive_int(crp_stages, "crp_stages")
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = create_resnet_encoder(encoder, pretrained=pretrained)
@@ -119,22 +128,22 @@ class LWRefineNet(SegmentationModel):
         d = decoder_channels
         self.dropout = nn.Dropout(p=dropout)
         # 1/32: reference p_ims1d2_outl1_dimred, mflow_conv_g1_pool, mflow_conv_g1_b3_...
-        self.dimred4 = _conv1x1(c4, 2 * d)
+        self.dimred4 = conv1x1(c4, 2 * d)
         self.crp4 = CRPBlock(2 * d, 2 * d, crp_stages)
-        self.out4 = _conv1x1(2 * d, d)
+        self.out4 = conv1x1(2 * d, d)
         # 1/16
-        self.dimred3 = _conv1x1(c3, d)
-        self.adapt3 = _conv1x1(d, d)
+        self.dimred3 = conv1x1(c3, d)
+        self.adapt3 = conv1x1(d, d)
         self.crp3 = CRPBlock(d, d, crp_stages)
-        self.out3 = _conv1x1(d, d)
+        self.out3 = conv1x1(d, d)
         # 1/8
-        self.dimred2 = _conv1x1(c2, d)
-        self.adapt2 = _conv1x1(d, d)
+        self.dimred2 = conv1x1(c2, d)
+        self.adapt2 = conv1x1(d, d)
         self.crp2 = CRPBlock(d, d, crp_stages)
-        self.out2 = _conv1x1(d, d)
+        self.out2 = conv1x1(d, d)
         # 1/4
-        self.dimred1 = _conv1x1(c1, d)
-        self.adapt1 = _conv1x1(d, d)
+        self.dimred1 = conv1x1(c1, d)
+        self.adapt1 = conv1x1(d, d)
         self.crp1 = CRPBlock(d, d, crp_stages)
         self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
 
@@ -252,8 +261,8 @@ class LWRefineNetMobileNetV2(SegmentationModel):
     ) -> None:
         super().__init__()
         self.num_classes = check_num_classes(num_classes)
-        _check_positive_int(decoder_channels, "decoder_channels")
-        _check_positive_int(crp_stages, "crp_stages")
+        check_positive_int(decoder_channels, "decoder_channels")
+        check_positive_int(crp_stages, "crp_stages")
         self.output_stride = 4
         self.aux_weights: dict[str, float] = {}
         self.encoder = timm.create_model(
@@ -267,9 +276,9 @@ class LWRefineNetMobileNetV2(SegmentationModel):
         channels = [stage[-1].conv_pwl.out_channels for stage in self.encoder.blocks[1:]]
         d = decoder_channels
         # reference conv3..conv8: one projection per encoder output (24 ... 320 channels)
-        self.projs = nn.ModuleList(_conv1x1(c, d) for c in channels)
+        self.projs = nn.ModuleList(conv1x1(c, d) for c in channels)
         self.crps = nn.ModuleList(CRPBlock(d, d, crp_stages) for _ in range(4))
-        self.adapts = nn.ModuleList(_conv1x1(d, d) for _ in range(3))  # conv_adapt4..2
+        self.adapts = nn.ModuleList(conv1x1(d, d) for _ in range(3))  # conv_adapt4..2
         self.classifier = nn.Conv2d(d, self.num_classes, kernel_size=3, padding=1, bias=True)
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
