@@ -47,7 +47,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
 # extras includes the smaller ones it builds on, e.g. ``train`` includes ``models`` and ``data``).
 EXTRA_OF_COMMAND_MODULE: dict[str, str] = {
     "arseg.engine.cli": "train",
-    "arseg.engine.study": "train",
+    # the study trains (train) and then compares and reports (analysis, which includes train)
+    "arseg.engine.study": "analysis",
     "arseg.analysis.cli": "analysis",
     "arseg.data.cli": "data",
 }

@@ -542,3 +542,19 @@ def test_workers_of_a_killed_study_stop_and_the_rerun_gives_the_same_numbers(
     stdout = _finish(proc)
     assert proc.returncode == 0, stdout
     assert _run_metrics(out) == _run_metrics(reference_out)
+
+
+def test_a_study_without_the_analysis_extra_stops_before_any_work(tmp_path, monkeypatch, capsys):
+    """Its last step compares and reports: a missing 'analysis' extra is one line at the start,
+    not after every run has trained."""
+    from arseg.cli import main
+
+    monkeypatch.setitem(sys.modules, "statsmodels", None)  # as if not installed
+    out = tmp_path / "out"
+    assert main(["study", str(_write_study(tmp_path)), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        "arseg: error: 'arseg study' needs the 'analysis' extra: "
+        'pip install "arseg[analysis]" (missing module: statsmodels)'
+    )
+    assert not out.exists()

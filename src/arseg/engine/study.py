@@ -676,6 +676,10 @@ def run_study(
             (no training); the comparisons and the report of that split are written too.
         data_root: dataset root for ``eval_split`` (e.g. where a test split lives).
     """
+    from arseg._extras import require
+
+    for module in ("pandas", "matplotlib", "statsmodels"):  # the last step runs the analysis
+        require(module, "analysis", "'arseg study'")  # checked before any run is trained
     config = Path(config)
     if config.is_dir():
         if out is not None and Path(out).resolve() != config.resolve():
