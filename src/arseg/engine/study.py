@@ -925,7 +925,7 @@ def _metrics_or_none(eval_dir: Path) -> dict[str, Any] | None:
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    # arseg.analysis.stats.mean_std(values, one_value_std=0.0), once the study is a floor above
+    # arseg.analysis.scores.mean_std(values, one_value_std=0.0), once the study is a floor above
     # analysis (the engine does not import analysis)
     n = len(values)
     mean = sum(values) / n
