@@ -87,7 +87,9 @@ def resolve_terms(loss_cfg: Mapping[str, Any]) -> dict[str, TermSchedule]:
     }
 
 
-def term_weights(terms: Mapping[str, TermSchedule], step: int, total_steps: int) -> dict[str, float]:
+def term_weights(
+    terms: Mapping[str, TermSchedule], step: int, total_steps: int
+) -> dict[str, float]:
     """Every term's weight at ``step``."""
     return {name: term.at(step, total_steps) for name, term in terms.items()}
 
@@ -107,7 +109,9 @@ def check_loss_terms(loss_cfg: Mapping[str, Any]) -> None:
         if entry is None:
             continue
         if not isinstance(entry, Mapping):
-            raise ValueError(f"'{key}' expects a mapping (weight, schedule, options), got {entry!r}")
+            raise ValueError(
+                f"'{key}' expects a mapping (weight, schedule, options), got {entry!r}"
+            )
         weight = entry.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ValueError(f"'{key}.weight' must be a number >= 0, got {weight!r}")
