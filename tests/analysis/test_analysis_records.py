@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from arseg.analysis.records import DamagedRecordError, check_metrics_csv, read_json
 from arseg.cli import main
 
 
@@ -93,20 +92,3 @@ def test_compare_names_a_damaged_evaluation_or_config(fake_arms, capsys) -> None
     assert main(args) == 2
     err = _one_line(capsys)
     assert err.startswith(f"arseg: error: {config} is damaged: it is not valid YAML (")
-
-
-def test_the_record_readers(tmp_path) -> None:
-    path = tmp_path / "metrics.csv"
-    path.write_text("epoch,step,train/ar\n0,0,0.5\n0,1,0.4")  # the last row cut short
-    with pytest.raises(DamagedRecordError, match="line 3 is cut short"):
-        check_metrics_csv(path)
-    assert check_metrics_csv(path, cut_last_ok=True)[1:] == [["0", "0", "0.5"]]  # a resume
-    path.write_text("epoch,step,train/ar\n0,0,0.5\n\n0,1,0.4\n")  # blank lines are no damage
-    assert len(check_metrics_csv(path)) == 3
-    path.write_text("")
-    with pytest.raises(DamagedRecordError, match="is empty"):
-        check_metrics_csv(path)
-    state = tmp_path / "state.json"
-    state.write_text("  \n")
-    with pytest.raises(DamagedRecordError, match=r"state.json is damaged: it is empty"):
-        read_json(state)
