@@ -34,7 +34,7 @@ _EXPORTS = {
     "compute_affinity_panels": "affinity",
     "affinity_figure": "affinity",
     "build_report": "report",
-    "trend_of_run": "report",
+    "trend_of_run": "trend",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -156,8 +156,8 @@ def _affinity(args: argparse.Namespace) -> int:
 
 def _curves(args: argparse.Namespace) -> int:
     from arseg.analysis.figures import plot_curves
-    from arseg.analysis.report import curve_data
     from arseg.analysis.runs import RunError, distinct_labels, load_run
+    from arseg.analysis.trend import curve_data
 
     try:
         runs = [load_run(p) for p in args.runs]
@@ -186,8 +186,8 @@ def _curves(args: argparse.Namespace) -> int:
 
 
 def _trend(args: argparse.Namespace) -> int:
-    from arseg.analysis.report import trend_of_run
     from arseg.analysis.runs import RunError, load_run
+    from arseg.analysis.trend import trend_of_run
 
     try:
         _check_output(args.json)
