@@ -14,113 +14,13 @@ import ast
 import importlib
 import pprint
 import sys
-import types
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from arseg.losses import ARLoss, ar_loss
 
-MODULE = "arseg.integrations.mmseg"
-
-
-class FakeRegistry:
-    """The part of mmengine's ``Registry`` that registration and ``build`` use."""
-
-    def __init__(self) -> None:
-        self.module_dict: dict[str, type] = {}
-
-    def get(self, name: str):
-        return self.module_dict.get(name)
-
-    def register_module(self, name=None, force=False, module=None):
-        if name in self.module_dict and not force:
-            raise KeyError(f"{name} is already registered")
-        self.module_dict[name] = module
-        return module
-
-    def build(self, cfg: dict):
-        cfg = dict(cfg)
-        return self.module_dict[cfg.pop("type")](**cfg)
-
-
-class FakeCrossEntropy(nn.Module):
-    """mmseg's ``CrossEntropyLoss`` signature: per-pixel CE, weighted, mean over all pixels."""
-
-    def __init__(self, loss_weight: float = 1.0, loss_name: str = "loss_ce") -> None:
-        super().__init__()
-        self.loss_weight, self.loss_name = loss_weight, loss_name
-
-    def forward(self, pred, target, weight=None, ignore_index=-100, reduction_override=None, **kw):
-        loss = F.cross_entropy(pred, target, ignore_index=ignore_index, reduction="none")
-        if weight is not None:
-            loss = loss * weight
-        if reduction_override == "none":
-            return self.loss_weight * loss
-        return self.loss_weight * loss.mean()
-
-
-@pytest.fixture
-def registry(monkeypatch):
-    """A fresh stand-in ``mmseg.registry.MODELS``; the integration module imported against it."""
-    models = FakeRegistry()
-    models.register_module(name="CrossEntropyLoss", module=FakeCrossEntropy)
-    mmseg = types.ModuleType("mmseg")
-    reg = types.ModuleType("mmseg.registry")
-    reg.MODELS = models
-    mmseg.registry = reg
-    monkeypatch.setitem(sys.modules, "mmseg", mmseg)
-    monkeypatch.setitem(sys.modules, "mmseg.registry", reg)
-    monkeypatch.delitem(sys.modules, MODULE, raising=False)
-    yield models
-    sys.modules.pop(MODULE, None)
-
-
-def ohem_weights(head, seg_logit, seg_label, min_kept):
-    """Stand-in for ``OHEMPixelSampler.sample`` without ``thresh``; labels (B, 1, H, W)."""
-    with torch.no_grad():
-        label = seg_label.squeeze(1).long()
-        valid = label != head.ignore_index
-        losses = 0.0
-        for loss in head.loss_decode:
-            losses += loss(
-                seg_logit,
-                label,
-                weight=None,
-                ignore_index=head.ignore_index,
-                reduction_override="none",
-            )
-        weight = seg_logit.new_zeros(label.shape)
-        kept = weight[valid]
-        _, order = losses[valid].sort(descending=True)
-        kept[order[: min_kept * label.shape[0]]] = 1.0
-        weight[valid] = kept
-        return weight
-
-
-class FakeHead:
-    """Stand-in for ``BaseDecodeHead.loss_by_feat`` (loss part)."""
-
-    def __init__(self, models, loss_cfgs, ignore_index=255, min_kept=None):
-        self.loss_decode = nn.ModuleList(models.build(c) for c in loss_cfgs)
-        self.ignore_index = ignore_index
-        self.min_kept = min_kept
-
-    def loss_by_feat(self, seg_logits, seg_label):
-        seg_logits = F.interpolate(
-            seg_logits, size=seg_label.shape[2:], mode="bilinear", align_corners=False
-        )
-        seg_weight = None
-        if self.min_kept is not None:
-            seg_weight = ohem_weights(self, seg_logits, seg_label, self.min_kept)
-        label = seg_label.squeeze(1)
-        out: dict[str, torch.Tensor] = {}
-        for loss in self.loss_decode:
-            value = loss(seg_logits, label, weight=seg_weight, ignore_index=self.ignore_index)
-            out[loss.loss_name] = out[loss.loss_name] + value if loss.loss_name in out else value
-        return out, seg_weight, seg_logits
+from .conftest import MODULE, FakeCrossEntropy, FakeHead, FakeRegistry
 
 
 def _batch(num_classes=6, ignore=255, seed=0):
