@@ -5,25 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import arseg.losses.functional as functional
 from arseg.losses import AUTO_EXPLICIT_MAX_POSITIONS, CEARLoss, ar_loss
 
-
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operator returns (CPU ops)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
+from .conftest import LargestTensor
 
 
 @pytest.mark.parametrize(("size", "expected"), [((32, 32), "explicit"), ((25, 41), "factorized")])
@@ -56,12 +42,12 @@ def test_factorized_never_allocates_an_n_by_n_buffer(kernel):
     logits = torch.randn(1, 5, 64, 64, requires_grad=True)
     target = torch.randint(0, 5, (1, 64, 64))
     target[0, :3] = 255
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         loss = ar_loss(logits, target, scales=None, method="factorized", kernel=kernel)
         loss.backward()
     assert mode.largest <= 2 * 5 * n  # (B, C, N) buffers at most, never (B, N, N) = 4096^2
     # the recorder sees the explicit method's matrices (it would see a factorized one too)
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         ar_loss(logits.detach(), target, scales=None, method="explicit", kernel=kernel)
     assert mode.largest >= n * n
 

@@ -8,27 +8,13 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import arseg.losses.functional as functional
 from arseg.losses import ARLoss, CEARLoss, ar_loss
 
+from .conftest import LargestTensor
+
 EPS = 1e-6
-
-
-class _LargestTensor(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an operator returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
 
 
 def reference_bce(logits, target, *, ignore=255, kernel="sqrt", weight=None):
@@ -120,11 +106,11 @@ def test_blockwise_never_allocates_an_n_by_n_buffer(monkeypatch):
     logits = torch.randn(1, 5, 16, 40, requires_grad=True)
     target = torch.randint(0, 5, (1, 16, 40))
     target[0, :3] = 255
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         loss = ar_loss(logits, target, scales=None, method="factorized", objective="bce")
         loss.backward()
     assert mode.largest <= 80 * n  # row blocks and (B, C, N) buffers, never N x N
-    with _LargestTensor() as mode:
+    with LargestTensor() as mode:
         reference = ar_loss(logits, target, scales=None, method="explicit", objective="bce")
     assert mode.largest >= n * n
     torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-7)
