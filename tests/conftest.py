@@ -14,6 +14,16 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def one_thread():
+    """One BLAS thread for the test: on a shared 2-core machine two threads can be several
+    times slower (the engine, study and smp tests take it for every test)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def camvid_root() -> Path:
     """The shared real CamVid data: $ARSEG_CAMVID, else ../shared/data/camvid beside the checkout."""
     return Path(os.environ.get("ARSEG_CAMVID", PROJECT_ROOT.parent / "shared" / "data" / "camvid"))

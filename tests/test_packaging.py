@@ -71,8 +71,9 @@ DISTRIBUTION = {
 # each part of the package -> the extra that must declare everything it imports ("" = core)
 AREAS = {
     # the study (arseg study) is a floor above engine and analysis: it trains, then compares and
-    # reports; it lives under engine/ until it moves to a package of its own
-    "engine/study.py": "analysis",
+    # reports; its cluster runner needs submitit (the first key that matches a file counts)
+    "study/cluster.py": "cluster",
+    "study": "analysis",
     "models": "models",
     "data": "data",
     "engine": "train",

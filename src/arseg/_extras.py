@@ -41,6 +41,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "statsmodels": "analysis",
     "pandas": "analysis",
     "segmentation_models_pytorch": "smp",
+    "submitit": "cluster",
 }
 
 # Module whose ``register`` adds a command -> the extra every command of it needs (each of these
@@ -48,13 +49,13 @@ EXTRA_OF_MODULE: dict[str, str] = {
 EXTRA_OF_COMMAND_MODULE: dict[str, str] = {
     "arseg.engine.cli": "train",
     # the study trains (train) and then compares and reports (analysis, which includes train)
-    "arseg.engine.study": "analysis",
+    "arseg.study.cli": "analysis",
     "arseg.analysis.cli": "analysis",
     "arseg.data.cli": "data",
 }
 
 # Extras that no command extra includes: a missing module of these names its own extra.
-_STANDALONE_EXTRAS = frozenset({"smp", "weights"})
+_STANDALONE_EXTRAS = frozenset({"smp", "weights", "cluster"})
 
 
 class MissingExtraError(ModuleNotFoundError):

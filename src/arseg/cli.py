@@ -16,7 +16,7 @@ from pathlib import Path
 # Modules that contribute sub-commands, in the order they appear in --help.
 _COMMAND_MODULES = (
     "arseg.engine.cli",
-    "arseg.engine.study",
+    "arseg.study.cli",
     "arseg.analysis.cli",
     "arseg.data.cli",
     "arseg.losses.cli",

@@ -142,11 +142,12 @@ class RunDir:
 
 
 def nan_to_none(obj: Any) -> Any:
-    """``obj`` with every NaN float (in dicts and lists) as None: what a JSON record holds."""
-    if isinstance(obj, float) and math.isnan(obj):
+    """``obj`` with every NaN or infinite float (in dicts, lists and tuples) as None: what a
+    strict JSON record holds, readable by any parser."""
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
         return {k: nan_to_none(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, (list, tuple)):
         return [nan_to_none(v) for v in obj]
     return obj

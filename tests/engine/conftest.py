@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 TINY = {
@@ -58,9 +57,5 @@ def tiny_config(tmp_path: Path):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """One BLAS thread: on a shared 2-core machine two threads can be several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here with one BLAS thread (``one_thread`` of tests/conftest.py)."""

@@ -36,11 +36,8 @@ def no_smp(monkeypatch):
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here with one BLAS thread (``one_thread`` of tests/conftest.py)."""
 
 
 def test_listed_without_smp_and_missing_smp_names_the_extra(no_smp):

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
-from arseg.rundir import CHECKPOINTS_DIR
+from arseg.rundir import CHECKPOINTS_DIR, nan_to_none
 
 __all__ = ["register"]
 
@@ -70,22 +69,11 @@ def _check_output(path: str | Path | None, *, folder: bool = False) -> None:
         raise OutputError(f"cannot write {path}: {probe} is not writable")
 
 
-def _jsonable(obj: object) -> object:
-    """NaN and infinities as null: strict JSON, readable by any parser."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    return obj
-
-
 def _write_json(path: str | None, data: object) -> None:
     if path:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(_jsonable(data), indent=2, allow_nan=False) + "\n")
+            Path(path).write_text(json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n")
         except OSError as err:
             raise OutputError(f"cannot write {path}: {_os_reason(err)}") from None
 

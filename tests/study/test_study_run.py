@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from arseg.engine.study import StudyError, load_study_config
+from arseg.study import StudyError, load_study_config
 
 from .conftest import write_config
 
@@ -203,65 +203,71 @@ def test_study_config_errors_are_one_line(tmp_path: Path, changes, message) -> N
 def test_camvid_study_config_resolves() -> None:
     root = Path(__file__).resolve().parents[2]
     study = load_study_config(root / "configs" / "camvid" / "pretrained" / "study.yaml")
-    assert study["control"] == "ce"
-    assert len(study["arms"]["ce"]["seeds"]) >= 5 and len(study["arms"]["ar"]["seeds"]) >= 5
-    assert study["arms"]["linear"]["overrides"]["loss.kernel"] == "linear"
-    assert study["arms"]["fullres"]["overrides"]["loss.scales"] is None
+    assert study.control == "ce"
+    assert len(study.arms["ce"].seeds) >= 5 and len(study.arms["ar"].seeds) >= 5
+    assert study.arms["linear"].overrides["loss.kernel"] == "linear"
+    assert study.arms["fullres"].overrides["loss.scales"] is None
 
 
 @pytest.mark.parametrize("ablation_seeds", [[1, 2], [1]])
 def test_table_says_how_arms_with_fewer_seeds_are_compared(tmp_path, ablation_seeds) -> None:
-    from arseg.engine.study import _table
+    from arseg.study import Arm, StudyConfig
+    from arseg.study.table import study_table
 
-    study = {
-        "name": "s",
-        "baseline": str(tmp_path / "baseline.yaml"),
-        "control": "ce",
-        "arms": {
-            "ce": {"label": "CE only", "seeds": [1, 2]},
-            "ar1": {"label": "CE + 1.0 AR", "seeds": ablation_seeds},
-        },
-    }
-    markdown = _table(study, tmp_path, "val", {})["markdown"]
+    study = StudyConfig(
+        name="s",
+        baseline=str(tmp_path / "baseline.yaml"),
+        finetune=str(tmp_path / "finetune.yaml"),
+        control="ce",
+        arms={"ce": Arm("CE only", [1, 2]), "ar1": Arm("CE + 1.0 AR", ablation_seeds)},
+    )
+    markdown = study_table(study, tmp_path, "val", {})["markdown"]
     note = "compared with it on the seeds both share"
     assert (note in markdown) == (ablation_seeds != [1, 2])
 
 
 def test_a_config_that_only_adds_seeds_or_arms_extends_the_recorded_study(tmp_path) -> None:
-    from arseg.engine.study import _prepare_out
+    from dataclasses import replace
+
+    from arseg.study import Arm, ClusterSettings
+    from arseg.study.config import record_study
 
     config = _write_study(tmp_path / "cfg")
     study = load_study_config(config)
     out = tmp_path / "out"
-    _prepare_out(study, config, out)
-    more = json.loads(json.dumps(study))
-    more["arms"]["ar"]["seeds"] = [1, 2, 3]
-    more["arms"]["ar1"] = {"label": "CE + 1.0 AR", "seeds": [1], "overrides": {}}
-    _prepare_out(more, config, out)
-    assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == more["arms"]
-    for change in (
-        {"ar": {**more["arms"]["ar"], "seeds": [1, 3]}},  # a seed that ran is dropped
-        {"ar": {**more["arms"]["ar"], "overrides": {"loss.lambda_ar": 0.2}}},
-        {"ar": {**more["arms"]["ar"], "label": "renamed"}},
+    record_study(study, config, out)
+    ar = study.arms["ar"]
+    more = replace(
+        study,
+        arms={**study.arms, "ar": replace(ar, seeds=[1, 2, 3]), "ar1": Arm("CE + 1.0 AR", [1])},
+    )
+    record_study(more, config, out)
+    recorded = yaml.safe_load((out / "study.yaml").read_text())["arms"]
+    assert recorded == more.as_dict()["arms"]
+
+    def arms(**change):
+        return replace(more, arms={**more.arms, **change})
+
+    for changed in (
+        arms(ar=replace(ar, seeds=[1, 3])),  # a seed that ran is dropped
+        arms(ar=replace(ar, seeds=[1, 2, 3], overrides={"loss.lambda_ar": 0.2})),
+        arms(ar=replace(ar, seeds=[1, 2, 3], label="renamed")),
+        # a change of an arm that has run, hidden behind an added seed or arm, is refused as well
+        arms(ar=replace(ar, seeds=[1, 2, 3, 4], overrides={"loss.lambda_ar": 0.2})),
+        arms(ar=replace(ar, seeds=[1, 2, 3, 4], label="renamed")),
+        arms(
+            ce=replace(study.arms["ce"], overrides={"loss.lambda_ar": 0.5}),
+            ar2=Arm("CE + 2 AR", [1], {"loss.lambda_ar": 2.0}),
+        ),
     ):
-        changed = {**more, "arms": {**more["arms"], **change}}
         with pytest.raises(StudyError, match="arms differ"):
-            _prepare_out(changed, config, out)
-    # a change of an arm that has run, hidden behind an added seed or arm, is refused as well
-    for change in (
-        {"ar": {**more["arms"]["ar"], "seeds": [1, 2, 3, 4], "overrides": {"loss.lambda_ar": 0.2}}},
-        {"ar": {**more["arms"]["ar"], "seeds": [1, 2, 3, 4], "label": "renamed"}},
-        {
-            "ce": {**more["arms"]["ce"], "overrides": {"loss.lambda_ar": 0.5}},
-            "ar2": {"label": "CE + 2 AR", "seeds": [1], "overrides": {"loss.lambda_ar": 2.0}},
-        },
-    ):
-        changed = {**more, "arms": {**more["arms"], **change}}
-        with pytest.raises(StudyError, match="arms differ"):
-            _prepare_out(changed, config, out)
+            record_study(changed, config, out)
     with pytest.raises(StudyError, match="n_boot differ"):
-        _prepare_out({**more, "n_boot": 100}, config, out)
-    assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == more["arms"]
+        record_study(replace(more, n_boot=100), config, out)
+    assert yaml.safe_load((out / "study.yaml").read_text())["arms"] == recorded
+    # where the runs execute is no other study: the same runs continue on a cluster
+    record_study(replace(more, cluster=ClusterSettings("local")), config, out)
+    assert yaml.safe_load((out / "study.yaml").read_text())["cluster"]["executor"] == "local"
 
 
 @pytest.mark.slow
@@ -301,7 +307,8 @@ def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
 
 
 def test_a_finished_run_as_baseline_is_fine_tuned_from_not_trained(tmp_path) -> None:
-    from arseg.engine.study import _jobs, _run_config
+    from arseg.study.config import run_config
+    from arseg.study.runner import plan_jobs
 
     peak = tmp_path / "my_run"
     (peak / "checkpoints").mkdir(parents=True)
@@ -311,20 +318,18 @@ def test_a_finished_run_as_baseline_is_fine_tuned_from_not_trained(tmp_path) -> 
         load_study_config(config)
     (peak / "checkpoints" / "best.ckpt").write_bytes(b"")  # what the study checks for
     study = load_study_config(config)
-    assert study["baseline"] == str(peak.resolve())
+    assert study.baseline == str(peak.resolve())
     out = tmp_path / "out"
-    baseline, finetunes = _jobs(study, out)
+    baseline, finetunes = plan_jobs(study, out)
     # evaluated, not trained, through a view in the study's own folder
-    assert baseline.argv == [] and baseline.run_dir == out / "baseline"
-    assert all(
-        job.argv[job.argv.index("--init-from") + 1] == str(out / "baseline") for job in finetunes
-    )
-    cfg = _run_config(study, "ar", 1, out)
+    assert not baseline.trains and baseline.run_dir == out / "baseline"
+    assert all(job.config(study, out)["init_from"] == str(out / "baseline") for job in finetunes)
+    cfg = run_config(study, out, "ar", 1)
     assert cfg["init_from"] == str(out / "baseline") and cfg["loss"]["lambda_ar"] == 0.1
 
 
 def test_a_finished_baseline_is_seen_through_links_and_never_written(tmp_path) -> None:
-    from arseg.engine.study import _prepare_baseline_view
+    from arseg.study.run import prepare_baseline_view
 
     peak = tmp_path / "given" / "peak"
     (peak / "checkpoints").mkdir(parents=True)
@@ -334,8 +339,8 @@ def test_a_finished_baseline_is_seen_through_links_and_never_written(tmp_path) -
     study = load_study_config(_write_study(tmp_path / "cfg", baseline=str(peak)))
     before = sorted((p.relative_to(peak), p.stat().st_mtime_ns) for p in peak.rglob("*"))
     out = tmp_path / "out"
-    _prepare_baseline_view(study, out)
-    _prepare_baseline_view(study, out)  # a continued study: the view is kept as it is
+    prepare_baseline_view(study, out)
+    prepare_baseline_view(study, out)  # a continued study: the view is kept as it is
     view = out / "baseline"
     assert (view / "checkpoints" / "best.ckpt").read_bytes() == b"weights"
     assert (view / "config.yaml").resolve() == (peak / "config.yaml").resolve()
@@ -388,7 +393,7 @@ def test_camvid_studies_from_the_first_studys_baseline_resolve(tmp_path, name) -
     raw.update(baseline=str(peak), finetune=str(root / "finetune.yaml"))
     (tmp_path / name).write_text(yaml.safe_dump(raw))
     study = load_study_config(tmp_path / name)  # every arm's run config resolves
-    assert study["control"] == "ce" and all(len(a["seeds"]) >= 3 for a in study["arms"].values())
+    assert study.control == "ce" and all(len(a.seeds) >= 3 for a in study.arms.values())
 
 
 def test_a_study_compares_a_peer_arm_from_the_same_peak(finished_study, tmp_path) -> None:
@@ -434,8 +439,8 @@ def test_evidence_v3_studies_resolve_from_the_shared_peak(name) -> None:
             pytest.fail(f"the shared CE peak {peak} is missing")
         pytest.skip(f"the shared CE peak {peak} is not here")
     study = load_study_config(root / name)  # every arm's run config resolves
-    assert study["baseline"] == str(peak.resolve()) and study["control"] == "ce"
-    assert all(a["seeds"] == [1, 2, 3, 4, 5] for a in study["arms"].values())
+    assert study.baseline == str(peak.resolve()) and study.control == "ce"
+    assert all(a.seeds == [1, 2, 3, 4, 5] for a in study.arms.values())
 
 
 def _train_steps(metrics_csv: Path) -> list[int]:
@@ -558,3 +563,79 @@ def test_a_study_without_the_analysis_extra_stops_before_any_work(tmp_path, monk
         'pip install "arseg[analysis]" (missing module: statsmodels)'
     )
     assert not out.exists()
+
+
+def test_a_worker_trains_what_arseg_finetune_trains_from_the_same_options(
+    finished_study, tmp_path
+) -> None:
+    """The worker calls ``fit`` and ``evaluate`` with the config the study resolved: the same
+    run, bit for bit, as ``arseg finetune`` and ``arseg eval`` given the arm's options."""
+    from arseg.cli import main
+
+    config, out, _ = finished_study
+    run = tmp_path / "ar_seed2"
+    argv = [
+        "finetune",
+        str(config.with_name("ft.yaml")),
+        "loss.lambda_ar=0.1",
+        "trainer.num_threads=1",
+        "--init-from",
+        str(out / "baseline"),
+        "--run-dir",
+        str(run),
+        "--seed",
+        "2",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    assert main(["eval", str(run), "--split", "val", "--no-progress"]) == 0
+    by_cli = yaml.safe_load((run / "config.yaml").read_text())
+    by_study = yaml.safe_load((out / "ar" / "seed2" / "config.yaml").read_text())
+    assert {**by_cli, "run_dir": None} == {**by_study, "run_dir": None}
+    cli_metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    study_metrics = json.loads((out / "ar" / "seed2" / "eval" / "val" / "metrics.json").read_text())
+    for key in ("miou", "boundary_iou", "pixel_acc", "val_ar", "iou_per_class"):
+        assert cli_metrics[key] == study_metrics[key], key
+    assert (run / "eval" / "val" / "per_image_confusion.npy").read_bytes() == (
+        out / "ar" / "seed2" / "eval" / "val" / "per_image_confusion.npy"
+    ).read_bytes()
+
+
+def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
+    finished_study, tmp_path
+) -> None:
+    """``cluster: {executor: local}``: one submitit job per run (submitit's local executor, as
+    a SLURM cluster would run them), the same runs and numbers as the local workers."""
+    pytest.importorskip("submitit")
+    _config, out, _ = finished_study
+    config = _write_study(
+        tmp_path / "cfg",
+        baseline=str(out / "baseline"),
+        arms={name: {**arm, "seeds": [1]} for name, arm in ARMS.items()},
+        cluster={"executor": "local", "parameters": {"timeout_min": 30}},
+    )
+    new = tmp_path / "out"
+    proc = _study(config, new)
+    stdout = _finish(proc, timeout=600)
+    assert proc.returncode == 0, stdout
+    assert "through submitit (local)" in stdout and "ar_seed1: submitted as job" in stdout
+    assert list((new / "submitit").iterdir())  # submitit's own job folders
+    for name in ("ce/seed1", "ar/seed1"):
+        mine = json.loads((new / name / "eval" / "val" / "metrics.json").read_text())
+        local = json.loads((out / name / "eval" / "val" / "metrics.json").read_text())
+        assert mine["miou"] == local["miou"] and mine["val_ar"] == local["val_ar"], name
+    assert "| CE + 0.1 AR | best | 1 |" in stdout
+
+
+def test_a_cluster_study_without_submitit_names_the_extra(tmp_path, monkeypatch) -> None:
+    from dataclasses import replace
+
+    from arseg._extras import MissingExtraError
+    from arseg.study import ClusterSettings
+    from arseg.study.runner import make_runner
+
+    study = replace(load_study_config(_write_study(tmp_path)), cluster=ClusterSettings("local"))
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    monkeypatch.delitem(sys.modules, "arseg.study.cluster", raising=False)
+    with pytest.raises(MissingExtraError, match=r'pip install "arseg\[cluster\]"'):
+        make_runner(study, tmp_path / "out", total=1, split="val")

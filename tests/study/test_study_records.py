@@ -102,11 +102,11 @@ def test_an_empty_state_file_is_named_before_anything_runs(tmp_path, make_run, c
 
 
 def test_a_damaged_worker_spec_is_one_line_in_its_log(tmp_path, capsys) -> None:
-    from arseg.engine.study import _worker
+    from arseg.study.worker import run_job
 
     spec = tmp_path / "ce_seed1.spec.json"
     spec.write_text('{"name": "ce_seed1", "run_dir": ')  # cut short
-    assert _worker(str(spec)) == 2
+    assert run_job(str(spec)) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"arseg: error: {spec} is damaged: it is not valid JSON (")
     assert len(err.splitlines()) == 1
