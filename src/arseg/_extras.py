@@ -1,10 +1,10 @@
 """Optional dependencies ("extras") and the one-line error when one is missing.
 
 The core (``import arseg``, the losses) needs torch alone; every other area is an extra of
-``pyproject.toml``: ``models``, ``weights``, ``data``, ``train``, ``analysis``, ``smp``. Code
-that needs an extra imports it where it is used, and a missing one surfaces as a
-:class:`MissingExtraError` (or a plain ``ModuleNotFoundError`` that :func:`missing_extra_message`
-turns into one line at the command line).
+``pyproject.toml``: ``models``, ``weights``, ``data``, ``train``, ``analysis``, ``smp``,
+``cluster``. Code that needs an extra imports it where it is used, and a missing one surfaces as
+a :class:`MissingExtraError` (or a plain ``ModuleNotFoundError`` that
+:func:`missing_extra_message` turns into one line at the command line).
 """
 
 from __future__ import annotations

@@ -632,7 +632,7 @@ def test_a_cluster_study_without_submitit_names_the_extra(tmp_path, monkeypatch)
 
     from arseg._extras import MissingExtraError
     from arseg.study import ClusterSettings
-    from arseg.study.runner import make_runner
+    from arseg.study.run import make_runner
 
     study = replace(load_study_config(_write_study(tmp_path)), cluster=ClusterSettings("local"))
     monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed

@@ -1,7 +1,7 @@
 """The cluster runner of a study: one submitit job per run (SLURM, or submitit's local
 executor), requeued on preemption or timeout, each run then resuming its own directory from its
 last checkpoint. Needs the ``cluster`` extra (submitit); loaded by
-:func:`arseg.study.runner.make_runner` only for a study config with a ``cluster`` section.
+:func:`arseg.study.run.make_runner` only for a study config with a ``cluster`` section.
 """
 
 from __future__ import annotations

@@ -14,12 +14,18 @@ from typing import Any
 
 from arseg import rundir
 
-from .config import StudyConfig, StudyError, load_study_config, record_study, recorded_study
-from .config import refuse_foreign as _refuse_foreign_out
-from .runner import Job, make_runner, plan_jobs
+from .config import (
+    StudyConfig,
+    StudyError,
+    load_study_config,
+    record_study,
+    recorded_study,
+    refuse_foreign,
+)
+from .runner import Job, LocalRunner, Runner, plan_jobs
 from .table import analyse, provenance_line
 
-__all__ = ["run_study"]
+__all__ = ["make_runner", "run_study"]
 
 # What a run directory given as the baseline lends the study: read through symlinks, so its
 # evaluation (and nothing else) is written into the study's own ``baseline`` folder and the
@@ -46,6 +52,17 @@ def prepare_baseline_view(study: StudyConfig, out: Path) -> None:
     if finished.is_file() and not (view / "eval").exists():
         # a study recorded before the view existed evaluated the baseline inside the run
         (view / "eval").symlink_to(source / "eval", target_is_directory=True)
+
+
+def make_runner(study: StudyConfig, out: Path, total: int, split: str) -> Runner:
+    """The runner the study config asks for (``cluster``: submitit; else this machine)."""
+    if study.cluster is None:
+        return LocalRunner(out, total, study.parallel, split)
+    import importlib
+
+    # by name: the cluster runner is an optional backend (the `cluster` extra), like a command
+    cluster = importlib.import_module("arseg.study.cluster")
+    return cluster.ClusterRunner(out, total, study.parallel, split, study.cluster)
 
 
 def _check_states(out: Path) -> None:
@@ -107,7 +124,7 @@ def run_study(
             raise StudyError("--out DIR is required with a study config")
         out = Path(out)
         study = load_study_config(config)
-        _refuse_foreign_out(out)
+        refuse_foreign(out)
     lock = acquire(out)  # one study process per directory, before anything is written into it
     try:
         if study is None:

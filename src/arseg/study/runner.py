@@ -25,7 +25,7 @@ from arseg.rundir import RunDir
 from .config import StudyConfig, StudyError, run_config
 from .worker import BUSY
 
-__all__ = ["Job", "LocalRunner", "Runner", "make_runner", "plan_jobs"]
+__all__ = ["Job", "LocalRunner", "Runner", "plan_jobs"]
 
 
 @dataclass
@@ -232,14 +232,3 @@ class LocalRunner(Runner):
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-
-
-def make_runner(study: StudyConfig, out: Path, total: int, split: str) -> Runner:
-    """The runner the study config asks for (``cluster``: submitit; else this machine)."""
-    if study.cluster is None:
-        return LocalRunner(out, total, study.parallel, split)
-    import importlib
-
-    # by name: the cluster runner is an optional backend (the `cluster` extra), like a command
-    cluster = importlib.import_module("arseg.study.cluster")
-    return cluster.ClusterRunner(out, total, study.parallel, split, study.cluster)
