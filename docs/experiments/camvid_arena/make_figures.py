@@ -70,41 +70,50 @@ def main() -> None:
 
     lines = [
         "| study | arm | ckpt | seeds | mIoU % | mIoU - control [95% CI] | paired t p | "
-        "seeds ahead | Boundary IoU - control [95% CI] | fit time / control |",
-        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: |",
+        "seeds ahead | Boundary IoU - control [95% CI] | pixel acc - control (p) | "
+        "fit time / control |",
+        "| --- | --- | --- | ---: | ---: | --- | ---: | ---: | --- | ---: | ---: |",
     ]
+    several = len(studies) > 1
     panels: dict[str, list[tuple[str, float, float, float]]] = {"best-val": [], "last step": []}
     per_class: list[str] = []
     for s in studies:
         control = s["study"]["control"]
         base_fit = statistics.mean(s["fit_s"][control])
+        tag = f" [{s['study']['name'].rsplit('_', 1)[-1]}]" if several else ""
         for key, row in s["summary"]["rows"].items():
             arm, ckpt = key.split("/")
             mean, std = row["miou"]
+            label = row["label"] + tag
             fit = statistics.mean(s["fit_s"].get(arm, [float("nan")])) / base_fit
             if arm == control:
                 lines.append(
                     f"| {s['study']['name']} | {row['label']} | {ckpt} | {row['seeds']} | "
-                    f"{100 * mean:.2f} ± {100 * std:.2f} | control | | | control | 1.00 |"
+                    f"{100 * mean:.2f} ± {100 * std:.2f} | control | | | control | "
+                    f"({100 * row['pixel_acc'][0]:.2f} %) | 1.00 |"
                 )
                 continue
             cmp = row["delta"]
             iv = _interval(cmp)
             t = cmp.get("seed_test") or {}
             p = f"{t['p_value']:.2g}" if t else "n/a"
+            acc_t = (cmp.get("seed_tests") or {}).get("pixel_acc") or {}
+            acc = f"{100 * cmp['deltas']['pixel_acc']:+.2f}" + (
+                f" ({acc_t['p_value']:.2g})" if acc_t else ""
+            )
             lines.append(
                 f"| {s['study']['name']} | {row['label']} | {ckpt} | {row['seeds']} | "
                 f"{100 * mean:.2f} ± {100 * std:.2f} | {_fmt(iv)} | {p} | {_seeds_ahead(cmp)} | "
-                f"{_fmt(_interval(cmp.get('boundary_iou')))} | {fit:.2f} |"
+                f"{_fmt(_interval(cmp.get('boundary_iou')))} | {acc} | {fit:.2f} |"
             )
-            panels["best-val" if ckpt == "best" else "last step"].append((row["label"], *iv))
+            panels["best-val" if ckpt == "best" else "last step"].append((label, *iv))
             if ckpt == "best":
                 cells = [
                     f"{c['class']} {100 * c['delta']:+.2f}"
                     + ("*" if c["ci_low"] > 0 or c["ci_high"] < 0 else "")
                     for c in cmp["per_class"]
                 ]
-                per_class.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+                per_class.append(f"| {label} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n\nPer class at best-val (IoU points, * = interval excludes 0):\n\n"
     text += "\n".join(per_class) + "\n"
     (args.out / f"tables_{args.split}.md").write_text(text)
