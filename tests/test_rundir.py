@@ -45,3 +45,18 @@ def test_rundir_is_torch_free() -> None:
     source = Path(rundir.__file__).read_text()
     assert "torch" not in source.split('"""', 2)[2]
     assert subprocess.run([sys.executable, "-c", "import arseg.rundir"]).returncode == 0
+
+
+def test_write_json_is_strict_and_never_leaves_half_a_record(tmp_path: Path) -> None:
+    import json
+
+    import pytest
+
+    path = tmp_path / "metrics.json"
+    rundir.write_json(path, {"miou": float("nan"), "per_class": (0.5, float("inf"))})
+    assert json.loads(path.read_text()) == {"miou": None, "per_class": [0.5, None]}
+    before = path.read_text()
+    with pytest.raises(TypeError):  # fails while encoding: the old record stays whole
+        rundir.write_json(path, {"miou": 0.7, "bad": object()})
+    assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]

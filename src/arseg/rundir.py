@@ -24,7 +24,9 @@ Example:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ __all__ = [
     "checkpoint_file",
     "eval_dir_name",
     "nan_to_none",
+    "write_json",
 ]
 
 CONFIG = "config.yaml"
@@ -151,3 +154,13 @@ def nan_to_none(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [nan_to_none(v) for v in obj]
     return obj
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write ``data`` to ``path`` as strict JSON (NaN and inf as null), atomically: through a
+    temporary file beside it and a rename, so that a reader, a crash or a kill sees the old
+    record or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)

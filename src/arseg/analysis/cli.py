@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from arseg.rundir import CHECKPOINTS_DIR, nan_to_none
+from arseg.rundir import CHECKPOINTS_DIR, write_json
 
 __all__ = ["register"]
 
@@ -73,7 +72,7 @@ def _write_json(path: str | None, data: object) -> None:
     if path:
         try:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n")
+            write_json(path, data)
         except OSError as err:
             raise OutputError(f"cannot write {path}: {_os_reason(err)}") from None
 

@@ -16,7 +16,6 @@ in all, where the full checkpoints took 520 MB); the fine-tunes' ``last.ckpt`` a
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from arseg.rundir import RunDir
+from arseg.rundir import RunDir, write_json
 
 from .config import load_config
 
@@ -228,5 +227,5 @@ def run_demo(
             for name, _, _ in stages
         },
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "results.json", summary)
     return summary

@@ -8,7 +8,6 @@ layout in :mod:`arseg.engine.train`).
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 
 from arseg import rundir
-from arseg.rundir import RunDir, nan_to_none
+from arseg.rundir import RunDir
 
 from .checkpoint import find_checkpoint, load_checkpoint, load_weights, model_state_dict
 from .config import DEFAULTS, complete_config, merge_config, resolve_data_root, validate_config
@@ -215,5 +214,5 @@ def _evaluate(
     }
     np.save(out_dir / "per_image_confusion.npy", confusions)
     np.save(out_dir / "per_image_boundary.npy", boundary)
-    (out_dir / rundir.EVAL_METRICS).write_text(json.dumps(nan_to_none(metrics), indent=2))
+    rundir.write_json(out_dir / rundir.EVAL_METRICS, metrics)
     return {**metrics, "eval_dir": str(out_dir)}

@@ -22,6 +22,7 @@ __all__ = [
     "RunError",
     "check_metrics_csv",
     "damaged_records",
+    "read_eval_metrics",
     "read_json",
     "read_text",
     "read_yaml",
@@ -59,6 +60,16 @@ def read_json(path: str | Path, *, mapping: bool = False) -> Any:
             f"{path} is damaged: it holds a JSON {type(data).__name__}, not an object"
         )
     return data
+
+
+def read_eval_metrics(eval_dir: str | Path) -> dict[str, Any] | None:
+    """The ``metrics.json`` of an evaluation folder; None where it has none yet.
+
+    Raises:
+        DamagedRecordError: it exists and cannot be parsed.
+    """
+    path = Path(eval_dir) / EVAL_METRICS
+    return read_json(path, mapping=True) if path.is_file() else None
 
 
 def read_yaml(path: str | Path) -> Any:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -40,7 +39,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from arseg.rundir import RunDir, eval_dir_name, nan_to_none
+from arseg.rundir import RunDir, eval_dir_name, write_json
 
 from .callbacks import (
     BestCheckpoint,
@@ -334,7 +333,7 @@ def _fit(
             summary["wall_time_s"] = round(
                 summary["wall_time_s"] + float(previous.get("wall_time_s", 0)), 3
             )
-        run.summary.write_text(json.dumps(nan_to_none(summary), indent=2))
+        write_json(run.summary, summary)
     return summary
 
 
@@ -351,6 +350,4 @@ def _record_provenance(run_dir: Path, *, resume: bool) -> None:
         except (ValueError, TypeError):
             entries = []
     entries.append(provenance())
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(entries, indent=2))
-    os.replace(tmp, path)
+    write_json(path, entries)
