@@ -605,8 +605,12 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
     finished_study, tmp_path
 ) -> None:
     """``cluster: {executor: local}``: one submitit job per run (submitit's local executor, as
-    a SLURM cluster would run them), the same runs and numbers as the local workers."""
+    a SLURM cluster would run them), the same runs and numbers as the local workers, also when
+    the scheduler preempts a job (SIGTERM to its processes): the run is submitted again and
+    resumes from the checkpoint its worker saved."""
     pytest.importorskip("submitit")
+    from arseg.engine import dirlock
+
     _config, out, _ = finished_study
     config = _write_study(
         tmp_path / "cfg",
@@ -616,9 +620,26 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
     )
     new = tmp_path / "out"
     proc = _study(config, new)
+    run = new / "ar" / "seed1"
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:
+        steps = _train_steps(run / "metrics.csv")
+        if steps and max(steps) < 6 and not (run / "eval").exists():
+            try:
+                dirlock.acquire(run, create=False).release()
+            except dirlock.DirectoryBusyError as busy:  # held by the worker: preempt it
+                os.kill(busy.holder["pid"], signal.SIGTERM)
+                break
+        time.sleep(0.02)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"no fine-tune caught in training:\n{proc.communicate()[0]}")
     stdout = _finish(proc, timeout=600)
     assert proc.returncode == 0, stdout
     assert "through submitit (local)" in stdout and "ar_seed1: submitted as job" in stdout
+    assert "stopped by the scheduler (SIGTERM) after saving its checkpoint; resubmitted" in stdout
+    log = (new / "logs" / "ar_seed1.log").read_text()
+    assert "SIGTERM received: saving a checkpoint after this step" in log
     assert list((new / "submitit").iterdir())  # submitit's own job folders
     for name in ("ce/seed1", "ar/seed1"):
         mine = json.loads((new / name / "eval" / "val" / "metrics.json").read_text())

@@ -52,7 +52,7 @@ Where the runs execute: on this machine (worker processes, ``parallel`` at a tim
 
 The package is a floor above :mod:`arseg.engine` and :mod:`arseg.analysis`:
 :mod:`~arseg.study.config` (the study config), :mod:`~arseg.study.runner` and
-:mod:`~arseg.study.worker` (where and how runs execute), :mod:`~arseg.study.table` (the
+:mod:`~arseg.study.worker` and :mod:`~arseg.study.cluster` (where and how runs execute), :mod:`~arseg.study.table` (the
 analysis and the final table), :mod:`~arseg.study.run` (:func:`run_study`) and
 :mod:`~arseg.study.cli` (``arseg study``).
 """

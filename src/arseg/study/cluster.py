@@ -7,6 +7,7 @@ last checkpoint. Needs the ``cluster`` extra (submitit); loaded by
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,12 +15,21 @@ from typing import Any
 
 from arseg._extras import require
 
-from .config import ClusterSettings
+from .config import ClusterSettings, StudyError
 from .runner import Job, Runner
 
 __all__ = ["ClusterJob", "ClusterRunner"]
 
 submitit = require("submitit", "cluster", "a study with a 'cluster' section")
+
+# how long a stopped worker may take to save its checkpoint, and a job's time limit where the
+# config sets none (submitit's default is a few minutes)
+_STOP_WAIT_S = 120.0
+DEFAULT_TIMEOUT_MIN = 24 * 60
+# A worker's exit after a SIGTERM that its job did not send (SLURM signals every process of a
+# preempted job): it saved last.ckpt, and the runner submits the run again, at most this often.
+PREEMPTED = 128 + signal.SIGTERM
+MAX_RESUBMISSIONS = 20
 
 
 class ClusterJob:
@@ -30,20 +40,40 @@ class ClusterJob:
     def __init__(self, spec_path: str, log_path: str) -> None:
         self.spec_path = spec_path
         self.log_path = log_path
+        self._proc: subprocess.Popen | None = None
 
     def __call__(self) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "a") as log:
-            rc = subprocess.call(
+            self._proc = subprocess.Popen(
                 [sys.executable, "-m", "arseg.study.worker", self.spec_path],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
             )
-        return rc
+            try:
+                return self._proc.wait()
+            except BaseException:  # cancelled (SIGINT) or submitit's requeue exit
+                self._stop_worker()
+                raise
 
-    def checkpoint(self) -> Any:  # submitit's hook: requeue the same run
+    def _stop_worker(self) -> None:
+        """SIGTERM the worker (it saves ``last.ckpt`` at its next step) and wait for it."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=_STOP_WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+    def checkpoint(self) -> Any:  # submitit's hook before a requeue (timeout, preemption)
+        self._stop_worker()  # the requeued job resumes from the checkpoint saved now
         return submitit.helpers.DelayedSubmission(ClusterJob(self.spec_path, self.log_path))
+
+    def __getstate__(self) -> dict[str, Any]:  # pickled by submitit: no process handle
+        return {"spec_path": self.spec_path, "log_path": self.log_path, "_proc": None}
 
 
 class ClusterRunner(Runner):
@@ -62,29 +92,58 @@ class ClusterRunner(Runner):
             self.executor = submitit.LocalExecutor(folder=folder)
         else:
             self.executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
-        if cluster.parameters:
-            self.executor.update_parameters(**cluster.parameters)
+        parameters = {"timeout_min": DEFAULT_TIMEOUT_MIN, **cluster.parameters}
+        try:
+            self.executor.update_parameters(**parameters)
+        except (NameError, ValueError, TypeError) as err:  # a parameter submitit does not know
+            raise StudyError(f"cluster parameters {parameters}: {err}") from None
 
     def _study_pid(self) -> int | None:
         return None  # a job on another node cannot watch this process: it watches its job
 
-    def _start(self, job: Job, spec_path: Path, log_path: Path) -> Any:
-        submitted = self.executor.submit(ClusterJob(str(spec_path), str(log_path)))
-        print(f"{job.name}: submitted as job {submitted.job_id}", flush=True)
-        return submitted
+    def _start(self, job: Job, spec_path: Path, log_path: Path) -> _Submission:
+        submission = _Submission(job.name, ClusterJob(str(spec_path), str(log_path)))
+        submission.submit(self.executor)
+        print(f"{job.name}: submitted as job {submission.handle.job_id}", flush=True)
+        return submission
 
-    def _poll(self, handle: Any) -> int | None:
+    def _poll(self, submission: _Submission) -> int | None:
+        handle = submission.handle
         if not handle.done():
             return None
         try:
-            return int(handle.result())
+            rc = int(handle.result())
         except Exception as err:  # the scheduler's failure (cancelled, out of memory, ...)
             print(
                 f"arseg: job {handle.job_id}: {str(err).strip().splitlines()[-1]}", file=sys.stderr
             )
             return 1
+        if rc == PREEMPTED and submission.resubmissions < MAX_RESUBMISSIONS:
+            submission.resubmissions += 1
+            submission.submit(self.executor)
+            print(
+                f"{submission.name}: job {handle.job_id} stopped by the scheduler (SIGTERM) after"
+                f" saving its checkpoint; resubmitted as job {submission.handle.job_id}"
+                f" ({submission.resubmissions}/{MAX_RESUBMISSIONS})",
+                flush=True,
+            )
+            return None
+        return rc
 
-    def _terminate(self, handles: list[Any]) -> None:
-        for handle in handles:
-            if not handle.done():
-                handle.cancel(check=False)
+    def _terminate(self, submissions: list[_Submission]) -> None:
+        for submission in submissions:
+            if not submission.handle.done():
+                submission.handle.cancel(check=False)
+
+
+class _Submission:
+    """One run's current submitit job; a preempted run is submitted again in its place."""
+
+    def __init__(self, name: str, job: ClusterJob) -> None:
+        self.name = name
+        self.job = job
+        self.handle: Any = None
+        self.resubmissions = 0
+
+    def submit(self, executor: Any) -> None:
+        self.handle = executor.submit(self.job)

@@ -50,6 +50,11 @@ CLUSTER_EXECUTORS = ("slurm", "local")
 _EXECUTION_KEYS = {"cluster"}
 
 
+# Exit status of a worker whose run directory another process holds (its log's last line says
+# which): the runner reports it as that one line.
+BUSY = 75
+
+
 class StudyError(ValueError):
     """A study config or study directory that cannot be used."""
 

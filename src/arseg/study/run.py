@@ -193,6 +193,9 @@ def _run(
             if job is baseline:
                 runner.wait()  # every fine-tune starts from the baseline's best checkpoint
         runner.wait()
+    except BaseException:  # a failed run, a config that no longer resolves: nothing left running
+        runner.stop()
+        raise
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

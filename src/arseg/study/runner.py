@@ -9,7 +9,6 @@ as one job per run through submitit (SLURM, or submitit's local executor).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from arseg import rundir
-from arseg.rundir import RunDir
+from arseg.engine.records import read_eval_metrics
+from arseg.rundir import RunDir, write_json
 
-from .config import StudyConfig, StudyError, run_config
-from .worker import BUSY
+from .config import BUSY, StudyConfig, StudyError, run_config
 
 __all__ = ["Job", "LocalRunner", "Runner", "plan_jobs"]
 
@@ -82,13 +80,6 @@ def fmt_seconds(seconds: float) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
 
 
-def _read_metrics(eval_dir: Path) -> dict[str, Any] | None:
-    from arseg.engine.records import read_json
-
-    path = eval_dir / rundir.EVAL_METRICS
-    return read_json(path, mapping=True) if path.is_file() else None
-
-
 class Runner:
     """Runs jobs, ``parallel`` at a time, and reports progress (see the module docstring).
 
@@ -129,9 +120,7 @@ class Runner:
         (self.out / "logs").mkdir(parents=True, exist_ok=True)
         (self.out / "state").mkdir(parents=True, exist_ok=True)
         spec_path = self.out / "state" / f"{job.name}.spec.json"
-        tmp = spec_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({**spec, "study_pid": self._study_pid()}, indent=2))
-        os.replace(tmp, spec_path)  # never half-written: the worker reads it whole
+        write_json(spec_path, {**spec, "study_pid": self._study_pid()})
         self.running[job.name] = (self._start(job, spec_path, self.log_path(job)), job, time.time())
 
     def wait(self) -> None:
@@ -179,8 +168,8 @@ class Runner:
     def _progress(self, job: Job, took: float) -> None:
         elapsed = time.time() - self.start
         try:
-            best = _read_metrics(RunDir(job.run_dir).eval_dir(self.split, "best"))
-            last = _read_metrics(RunDir(job.run_dir).eval_dir(self.split, "last"))
+            best = read_eval_metrics(RunDir(job.run_dir).eval_dir(self.split, "best"))
+            last = read_eval_metrics(RunDir(job.run_dir).eval_dir(self.split, "last"))
         except ValueError:  # a damaged record: the analysis names it
             best = last = None
         what = ""

@@ -9,12 +9,11 @@ what could be read, and :class:`~arseg.study.config.StudyError` then says what i
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from arseg.rundir import RunDir, nan_to_none
+from arseg.rundir import RunDir, write_json
 
 from .config import StudyConfig, StudyError
 
@@ -50,10 +49,6 @@ class _Errors:
             print(line, file=sys.stderr, flush=True)
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n")
-
-
 def _compare(study: StudyConfig, out: Path, split: str, errors: _Errors) -> dict[str, Any]:
     """Every arm against the control at both checkpoints: ``{"<arm>/<checkpoint>": cmp}``."""
     from arseg.analysis.compare import compare_runs, format_comparison
@@ -81,7 +76,7 @@ def _compare(study: StudyConfig, out: Path, split: str, errors: _Errors) -> dict
                 errors.failed.append(f"the comparison {arm} vs {control} ({checkpoint})")
                 continue
             json_path.with_suffix(".md").write_text(format_comparison(cmp, markdown=True) + "\n")
-            _write_json(json_path, cmp.as_dict())
+            write_json(json_path, cmp.as_dict())
             comparisons[f"{arm}/{checkpoint}"] = cmp
     return comparisons
 
@@ -100,7 +95,7 @@ def _trends(study: StudyConfig, out: Path) -> None:
             print(f"arseg: warning: no trend for {arm}: {err}", file=sys.stderr)
             continue
         (trend_dir / f"{arm}.md").write_text(report.format() + "\n")
-        _write_json(trend_dir / f"{arm}.json", report.as_dict())
+        write_json(trend_dir / f"{arm}.json", report.as_dict())
 
 
 def _report(study: StudyConfig, out: Path, split: str, errors: _Errors) -> None:
@@ -152,7 +147,7 @@ def analyse(study: StudyConfig, out: Path, split: str) -> dict[str, Any]:
     _report(study, out, split, errors)
     table = study_table(study, out, split, comparisons)
     (out / f"summary_{split}.md").write_text(table["markdown"])
-    _write_json(out / f"summary_{split}.json", table["data"])
+    write_json(out / f"summary_{split}.json", table["data"])
     print(table["markdown"], flush=True)
     if errors.damaged or errors.failed:
         what = [errors.damaged[0]] if errors.damaged else []
@@ -170,12 +165,10 @@ def analyse(study: StudyConfig, out: Path, split: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the table
 def _metrics_or_none(eval_dir: Path) -> dict[str, Any] | None:
     """An evaluation's metrics.json; None when absent or damaged (the analysis names it)."""
-    from arseg.engine.records import read_json
-    from arseg.rundir import EVAL_METRICS
+    from arseg.engine.records import read_eval_metrics
 
-    path = eval_dir / EVAL_METRICS
     try:
-        return read_json(path, mapping=True) if path.is_file() else None
+        return read_eval_metrics(eval_dir)
     except ValueError:
         return None
 

@@ -9,7 +9,6 @@ the config it trains is the one the study checked before its first run.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -21,11 +20,11 @@ from typing import Any
 from arseg import rundir
 from arseg.rundir import RunDir
 
-__all__ = ["BUSY", "run_job"]
+from .config import BUSY
 
-# Exit status of a worker whose run directory another process holds (its log's last line says
-# which), and how long a worker waits for an orphan of a killed study to stop in its run.
-BUSY = 75
+__all__ = ["run_job"]
+
+# how long a worker waits for an orphan of a killed study to stop in its run
 _ORPHAN_WAIT_S = 600.0
 
 
@@ -46,6 +45,8 @@ def run_job(spec_path: str | Path) -> int:
     from arseg.engine.parentwatch import stop_with_parent
     from arseg.engine.records import RunError, read_json
 
+    # SLURM signals a job's processes before a requeue: the job process stops the worker
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     try:
         spec = read_json(spec_path, mapping=True)
     except RunError as err:
@@ -80,6 +81,13 @@ def run_job(spec_path: str | Path) -> int:
             _evaluate(run_dir, spec, checkpoint)
     except expected_errors() as err:
         return fail(err)
+    except ModuleNotFoundError as err:  # an extra not installed: one line naming it
+        from arseg._extras import missing_extra_message
+
+        message = missing_extra_message(err, "'arseg study'")
+        if message is None:
+            raise
+        return _error(message)
     _record_finished(spec, fit_s=fit_s, total_s=time.time() - start)
     return 0
 
@@ -169,7 +177,7 @@ def _note_copy(dest: Path, source: Path) -> None:
     metrics_path = dest / rundir.EVAL_METRICS
     metrics = read_json(metrics_path, mapping=True)
     metrics["copied_from"] = str(source)  # same global step: the same weights
-    metrics_path.write_text(json.dumps(metrics, indent=2))
+    rundir.write_json(metrics_path, metrics)
 
 
 def _record_finished(spec: dict[str, Any], *, fit_s: float, total_s: float) -> None:
@@ -180,11 +188,9 @@ def _record_finished(spec: dict[str, Any], *, fit_s: float, total_s: float) -> N
         "provenance": provenance(),
         "fit_s": round(fit_s, 1),
         "total_s": round(total_s, 1),
-        "trained": spec["config"] is not None,
+        "evaluated_only": spec["config"] is None,
     }
-    tmp = Path(spec["state"]).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, spec["state"])  # the run counts as finished only once this is whole
+    rundir.write_json(spec["state"], state)  # the run counts as finished once this is written
 
 
 if __name__ == "__main__":
