@@ -270,6 +270,29 @@ def test_a_config_that_only_adds_seeds_or_arms_extends_the_recorded_study(tmp_pa
     assert yaml.safe_load((out / "study.yaml").read_text())["cluster"]["executor"] == "local"
 
 
+def test_a_recorded_study_whose_configs_no_longer_resolve_stops_before_any_run(
+    tmp_path, capsys
+) -> None:
+    """``arseg study DIR`` resolves every run's config before the first run starts: a fine-tune
+    config changed since the study was recorded is one line, and the baseline is not trained."""
+    from arseg.cli import main
+    from arseg.study.config import record_study
+
+    config = _write_study(tmp_path / "cfg")
+    out = tmp_path / "out"
+    record_study(load_study_config(config), config, out)
+    (config.parent / "ft.yaml").write_text(
+        yaml.safe_dump({"_base_": "base.yaml", "optim": {"lr": "fast"}})
+    )
+    assert main(["study", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("arseg: error: study tiny_study: arm "), (
+        err
+    )
+    assert "optim.lr" in err, err
+    assert not (out / "baseline").exists() and not (out / "logs").exists()
+
+
 @pytest.mark.slow
 def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
     """A config that only adds a seed trains that run alone and compares everything again."""

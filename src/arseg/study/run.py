@@ -168,32 +168,37 @@ def _run(
         sys.exit(128 + signum)
 
     _check_states(out)
+    # Every spec is resolved before the first run starts: a config that no longer resolves (a
+    # recorded study whose files changed) is one line, not a failure after hours of runs.
+    plan: list[tuple[Job, dict[str, Any] | None]] = []  # None: finished earlier
+    for job in jobs:
+        state = job.state_path(out, split if retarget else None)
+        if retarget and not job.state_path(out).is_file():
+            raise StudyError(f"run {job.name} of {out} is not finished: continue the study first")
+        if state.is_file():
+            plan.append((job, None))
+            continue
+        spec = {
+            "name": job.name,
+            "run_dir": str(job.run_dir),
+            "config": job.config(study, out) if job.trains and not retarget else None,
+            "split": split,
+            "data_root": data_root,
+            "checkpoints": ["best"] if job is baseline else ["best", "last"],
+            "state": str(state),
+        }
+        plan.append((job, spec))
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for job in jobs:
-            state = job.state_path(out, split if retarget else None)
-            if retarget and not job.state_path(out).is_file():
-                raise StudyError(
-                    f"run {job.name} of {out} is not finished: continue the study first"
-                )
-            if state.is_file():
+        for job, spec in plan:
+            if spec is None:
                 runner.skip(job)
                 continue
-            spec = {
-                "name": job.name,
-                "run_dir": str(job.run_dir),
-                # resolved now, from the configs as they are: a run that has finished needs none
-                "config": job.config(study, out) if job.trains and not retarget else None,
-                "split": split,
-                "data_root": data_root,
-                "checkpoints": ["best"] if job is baseline else ["best", "last"],
-                "state": str(state),
-            }
             runner.run(job, spec)
             if job is baseline:
                 runner.wait()  # every fine-tune starts from the baseline's best checkpoint
         runner.wait()
-    except BaseException:  # a failed run, a config that no longer resolves: nothing left running
+    except BaseException:  # a failed run, an interrupt: nothing left running
         runner.stop()
         raise
     finally:
