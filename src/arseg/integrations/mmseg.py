@@ -58,7 +58,6 @@ from arseg.losses import ARLoss, aaf_loss, rmi_loss
 from arseg.losses._checks import (
     check_batch,
     check_ignore_index,
-    check_label_values,
     check_logits,
     check_target,
     check_weight,
@@ -66,7 +65,7 @@ from arseg.losses._checks import (
 )
 from arseg.losses._dense import check_reduction
 from arseg.losses.aaf import check_aaf_options
-from arseg.losses.affinity import compute_dtype
+from arseg.losses.mmseg_conventions import resolve_mmseg_call
 from arseg.losses.rmi import check_rmi_options
 
 __all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegRMILoss", "register"]
@@ -115,25 +114,23 @@ class _MMSegPeerLoss(nn.Module):
         avg_factor: float | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        ignore = self.ignore_index if ignore_index is None else ignore_index
-        check_ignore_index(ignore)
-        if reduction_override is not None:
-            check_reduction(reduction_override)
-        if avg_factor is not None:
-            raise ValueError(
-                f"{type(self).__name__} takes no avg_factor (its loss is no per-pixel mean), "
-                f"got {avg_factor!r}"
-            )
+        ignore, zeros = resolve_mmseg_call(
+            type(self).__name__,
+            pred,
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            default_ignore_index=self.ignore_index,
+            reduction_override=reduction_override,
+            avg_factor=avg_factor,
+            no_avg_factor="its loss is no per-pixel mean",
+        )
+        if zeros is not None:
+            return zeros
         check_logits(pred)
         check_target(target)
         check_batch(pred, target)
         labels = label_map(target).long()
-        if reduction_override == "none":
-            # Per-pixel callers (mmseg's OHEM sampler): a zero map, no part in the mining.
-            if weight is not None:
-                check_weight(weight, labels)
-            check_label_values(labels, max(pred.shape[1], 2), ignore)
-            return torch.zeros(labels.shape, dtype=compute_dtype(pred.dtype), device=pred.device)
         if weight is not None:
             w = check_weight(weight, labels)
             if not bool(((w == 0) | (w == 1)).all()):

@@ -16,6 +16,7 @@ from ._checks import (
     class_logits,
     label_map,
 )
+from ._dense import REDUCTIONS, check_reduction
 from .affinity import (
     KERNELS,
     ScalesArg,
@@ -44,7 +45,6 @@ __all__ = [
 #: usual class counts; the paper's grids (12, 6) give N = 180.
 AUTO_EXPLICIT_MAX_POSITIONS = 1024
 
-REDUCTIONS = ("mean", "sum", "none")
 METHODS = ("auto", "explicit", "factorized")
 #: What AR regresses A onto M with: ``"mse"`` (the paper) or ``"bce"`` (an ablation).
 OBJECTIVES = ("mse", "bce")
@@ -198,8 +198,7 @@ def ar_loss(
     pixel_weight = check_weight(weight, target) if weight is not None else None
     target = label_map(target)
     logits = class_logits(logits)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    check_reduction(reduction)
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     check_kernel(kernel)

@@ -13,15 +13,14 @@ from torch import Tensor, nn
 from ._checks import (
     check_batch,
     check_ignore_index,
-    check_label_values,
     check_logits,
     check_target,
-    check_weight,
     class_logits,
     label_map,
 )
-from .affinity import ScalesArg, check_kernel, compute_dtype
+from .affinity import ScalesArg, check_kernel
 from .functional import METHODS, REDUCTIONS, ar_loss, check_objective
+from .mmseg_conventions import resolve_mmseg_call
 from .sampling import normalize_scales
 
 __all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
@@ -137,28 +136,19 @@ class ARLoss(nn.Module):
         avg_factor: float | None = None,
         **kwargs: Any,
     ) -> Tensor:
-        ignore = self.ignore_index if ignore_index is None else ignore_index
-        check_ignore_index(ignore)
-        if reduction_override is not None and reduction_override not in REDUCTIONS:
-            raise ValueError(
-                f"reduction_override must be None or one of {REDUCTIONS}, "
-                f"got {reduction_override!r}"
-            )
-        if avg_factor is not None:
-            raise ValueError(
-                f"ARLoss takes no avg_factor (a pairwise loss has no per-pixel sum to divide), "
-                f"got {avg_factor!r}"
-            )
-        if reduction_override == "none":
-            # Per-pixel callers (mmseg's OHEM sampler): a zero map, AR takes no part in mining.
-            check_logits(pred)
-            check_target(target)
-            check_batch(pred, target)
-            if weight is not None:
-                check_weight(weight, target)
-            labels = label_map(target)
-            check_label_values(labels, max(pred.shape[1], 2), ignore)
-            return torch.zeros(labels.shape, dtype=compute_dtype(pred.dtype), device=labels.device)
+        ignore, zeros = resolve_mmseg_call(
+            "ARLoss",
+            pred,
+            target,
+            weight=weight,
+            ignore_index=ignore_index,
+            default_ignore_index=self.ignore_index,
+            reduction_override=reduction_override,
+            avg_factor=avg_factor,
+            no_avg_factor="a pairwise loss has no per-pixel sum to divide",
+        )
+        if zeros is not None:
+            return zeros
         loss = ar_loss(
             pred,
             target,

@@ -1,0 +1,73 @@
+"""mmsegmentation's loss-call conventions, in one place for :class:`~arseg.losses.ARLoss` and the
+peers' mmseg wrappers (:mod:`arseg.integrations.mmseg`).
+
+mmseg's decode heads call a loss as ``loss(pred, target, weight, ignore_index=...,
+reduction_override=..., avg_factor=...)``; its OHEM sampler asks every loss for a per-pixel map
+(``reduction_override="none"``). A pairwise or region loss has no per-pixel value: it answers
+with a zero map and takes no part in the mining.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import (
+    check_batch,
+    check_ignore_index,
+    check_label_values,
+    check_logits,
+    check_target,
+    check_weight,
+    label_map,
+)
+from ._dense import REDUCTIONS
+from .affinity import compute_dtype
+
+__all__ = ["resolve_mmseg_call"]
+
+
+def resolve_mmseg_call(
+    owner: str,
+    pred: Tensor,
+    target: Tensor,
+    *,
+    weight: Tensor | None,
+    ignore_index: int | None,
+    default_ignore_index: int,
+    reduction_override: str | None,
+    avg_factor: float | None,
+    no_avg_factor: str,
+) -> tuple[int, Tensor | None]:
+    """Check the mmseg call arguments of the loss ``owner``.
+
+    Args:
+        owner: the loss's class name, for the messages.
+        pred, target: (B, C, h, w) logits and (B, H, W) or (B, 1, H, W) labels.
+        weight: (B, H, W) pixel weights (OHEM's ``seg_weight``) or None.
+        ignore_index: the call's (the decode head's); None: ``default_ignore_index``.
+        reduction_override: None, ``"mean"``, ``"sum"`` or ``"none"``.
+        avg_factor: must be None; ``no_avg_factor`` says why, in the error.
+
+    Returns:
+        The ignore index to use, and for ``reduction_override="none"`` the zero (B, H, W) map
+        to return (float32, or float64 for float64 logits); else None.
+    """
+    ignore = default_ignore_index if ignore_index is None else ignore_index
+    check_ignore_index(ignore)
+    if reduction_override is not None and reduction_override not in REDUCTIONS:
+        raise ValueError(
+            f"reduction_override must be None or one of {REDUCTIONS}, got {reduction_override!r}"
+        )
+    if avg_factor is not None:
+        raise ValueError(f"{owner} takes no avg_factor ({no_avg_factor}), got {avg_factor!r}")
+    if reduction_override != "none":
+        return ignore, None
+    check_logits(pred)
+    check_target(target)
+    check_batch(pred, target)
+    if weight is not None:
+        check_weight(weight, target)
+    labels = label_map(target)
+    check_label_values(labels, max(pred.shape[1], 2), ignore)
+    return ignore, torch.zeros(labels.shape, dtype=compute_dtype(pred.dtype), device=labels.device)
