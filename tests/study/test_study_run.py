@@ -124,6 +124,11 @@ def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
     # progress across the whole study and the final table on stdout
     assert "[  5/5]" in stdout
     assert "| CE + 0.1 AR | best | 2 |" in stdout
+    # each run's log: its evaluation as `arseg eval` prints it, the per-class table included
+    best = json.loads((out / "ar" / "seed1" / "eval" / "val" / "metrics.json").read_text())
+    log = (out / "logs" / "ar_seed1.log").read_text()
+    assert f"val (best checkpoint): mIoU {best['miou']:.4f}" in log
+    assert all(f"  {name}  " in log for name in best["classes"])
     assert (out / "report" / "val" / "report.html").is_file()
 
 

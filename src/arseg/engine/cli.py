@@ -236,7 +236,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
+    from .evaluation import evaluate, format_evaluation
     from .preflight import check_accelerator
 
     eval_over: dict[str, Any] = {}
@@ -272,17 +272,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         )
     except expected_errors() as err:
         return fail(err)
-    print(
-        f"{m['split']} ({m['checkpoint_name']} checkpoint): mIoU {m['miou']:.4f}  Boundary IoU "
-        f"{m['boundary_iou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
-        f"  ({m['num_images']} images)"
-    )
-    width = max(len(c) for c in m["classes"])
-    print(f"  {'class':<{width}}  {'IoU':>6}  {'BIoU':>6}")
-    for name in m["classes"]:
-        iou, biou = m["iou_per_class"][name], m["boundary_iou_per_class"][name]
-        cells = ("   n/a" if v != v else f"{v:.4f}" for v in (iou, biou))
-        print(f"  {name:<{width}}  " + "  ".join(cells))
+    print(format_evaluation(m))
     print(f"wrote {m['eval_dir']}")
     return 0
 

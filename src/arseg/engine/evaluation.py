@@ -27,7 +27,24 @@ from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
 from .preflight import RunDirError
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "format_evaluation"]
+
+
+def format_evaluation(m: dict[str, Any]) -> str:
+    """The lines ``arseg eval`` prints for the metrics :func:`evaluate` returns: the summary
+    line, then IoU and Boundary IoU per class (``n/a`` where a class is absent)."""
+    lines = [
+        f"{m['split']} ({m['checkpoint_name']} checkpoint): mIoU {m['miou']:.4f}  Boundary IoU "
+        f"{m['boundary_iou']:.4f}  pixel acc {m['pixel_acc']:.4f}  AR loss {m['val_ar']:.4f}"
+        f"  ({m['num_images']} images)"
+    ]
+    width = max(len(c) for c in m["classes"])
+    lines.append(f"  {'class':<{width}}  {'IoU':>6}  {'BIoU':>6}")
+    for name in m["classes"]:
+        iou, biou = m["iou_per_class"][name], m["boundary_iou_per_class"][name]
+        cells = ("   n/a" if v != v else f"{v:.4f}" for v in (iou, biou))
+        lines.append(f"  {name:<{width}}  " + "  ".join(cells))
+    return "\n".join(lines)
 
 
 def evaluate(

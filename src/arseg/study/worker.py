@@ -123,7 +123,7 @@ def _train(cfg: dict[str, Any], run_dir: Path) -> int:
 
 
 def _evaluate(run_dir: Path, spec: dict[str, Any], checkpoint: str) -> None:
-    from arseg.engine.evaluation import evaluate
+    from arseg.engine.evaluation import evaluate, format_evaluation
 
     split = spec["split"]
     dest = RunDir(run_dir).eval_dir(split, checkpoint)
@@ -137,11 +137,7 @@ def _evaluate(run_dir: Path, spec: dict[str, Any], checkpoint: str) -> None:
     target = run_dir if checkpoint == "best" else RunDir(run_dir).last_ckpt
     data = {"root": str(spec["data_root"])} if spec.get("data_root") else {}
     metrics = evaluate(target, split=split, out_dir=dest, data_overrides=data, progress=False)
-    print(
-        f"{split} ({checkpoint}): mIoU {metrics['miou']:.4f}  Boundary IoU "
-        f"{metrics['boundary_iou']:.4f}; wrote {dest}",
-        flush=True,
-    )
+    print(f"{format_evaluation(metrics)}\nwrote {dest}", flush=True)
 
 
 def _checkpoint_step(path: Path) -> int | None:
