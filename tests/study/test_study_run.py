@@ -458,8 +458,15 @@ def test_a_study_compares_a_peer_arm_from_the_same_peak(finished_study, tmp_path
     assert "| CE + 1.0 Lovasz | best | 1 |" in stdout
 
 
-@pytest.mark.parametrize("name", ["arena_weights_study.yaml", "arena_peers_study.yaml"])
-def test_evidence_v3_studies_resolve_from_the_shared_peak(name) -> None:
+@pytest.mark.parametrize(
+    ("name", "control"),
+    [
+        ("arena_weights_study.yaml", "ce"),
+        ("arena_peers_study.yaml", "ce"),
+        ("arena_on_lovasz_study.yaml", "lovasz"),
+    ],
+)
+def test_evidence_v3_studies_resolve_from_the_shared_peak(name, control) -> None:
     root = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "pretrained"
     peak = root.parents[3] / "shared" / "checkpoints" / "camvid_efflite0_peak"
     if not peak.is_dir():
@@ -467,8 +474,13 @@ def test_evidence_v3_studies_resolve_from_the_shared_peak(name) -> None:
             pytest.fail(f"the shared CE peak {peak} is missing")
         pytest.skip(f"the shared CE peak {peak} is not here")
     study = load_study_config(root / name)  # every arm's run config resolves
-    assert study.baseline == str(peak.resolve()) and study.control == "ce"
+    assert study.baseline == str(peak.resolve()) and study.control == control
     assert all(a.seeds == [1, 2, 3, 4, 5] for a in study.arms.values())
+    if control == "lovasz":  # AR on top of the control's Lovasz term, not instead of it
+        from arseg.study.config import run_config
+
+        loss = run_config(study, Path("out"), "lovasz_ar10", 1)["loss"]
+        assert loss["lambda_ar"] == 10.0 and loss["terms"]["lovasz"]["weight"] == 1.0
 
 
 def _train_steps(metrics_csv: Path) -> list[int]:
