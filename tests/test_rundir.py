@@ -47,8 +47,9 @@ def test_rundir_is_torch_free() -> None:
     assert subprocess.run([sys.executable, "-c", "import arseg.rundir"]).returncode == 0
 
 
-def test_write_json_is_strict_and_never_leaves_half_a_record(tmp_path: Path) -> None:
+def test_write_json_is_strict_and_never_leaves_half_a_record(tmp_path: Path, monkeypatch) -> None:
     import json
+    import os
 
     import pytest
 
@@ -56,7 +57,30 @@ def test_write_json_is_strict_and_never_leaves_half_a_record(tmp_path: Path) -> 
     rundir.write_json(path, {"miou": float("nan"), "per_class": (0.5, float("inf"))})
     assert json.loads(path.read_text()) == {"miou": None, "per_class": [0.5, None]}
     before = path.read_text()
-    with pytest.raises(TypeError):  # fails while encoding: the old record stays whole
+    with pytest.raises(TypeError):  # not JSON: nothing written
         rundir.write_json(path, {"miou": 0.7, "bad": object()})
-    assert path.read_text() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+    def killed(*args):  # the process dies between writing the new record and the rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        rundir.write_json(path, {"miou": 0.7})
+    monkeypatch.undo()
+    assert path.read_text() == before  # the old record, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]  # no temporary left
+    rundir.write_json(path, {"miou": 0.7})
+    assert json.loads(path.read_text()) == {"miou": 0.7}
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())  # a normal file's mode
+    link = tmp_path / "out.json"  # e.g. --json /dev/stdout: written through, the link kept
+    link.symlink_to(path)
+    rundir.write_json(link, {"miou": 0.8})
+    assert link.is_symlink() and json.loads(path.read_text()) == {"miou": 0.8}
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -158,9 +158,22 @@ def nan_to_none(obj: Any) -> Any:
 
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` to ``path`` as strict JSON (NaN and inf as null), atomically: through a
-    temporary file beside it and a rename, so that a reader, a crash or a kill sees the old
-    record or the new one, never half of one."""
+    temporary file beside it (flushed to disk) and a rename, so that a reader, a crash or a kill
+    sees the old record or the new one, never half of one. A link (``/dev/stdout``) or a path
+    that is no regular file (a pipe) is written through, directly."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(nan_to_none(data), indent=2, allow_nan=False) + "\n"
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        with open(path, "w") as stream:
+            stream.write(text)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # one per writing process
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

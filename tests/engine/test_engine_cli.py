@@ -95,9 +95,10 @@ def test_fit_finetune_eval_predict(tmp_path, tiny_config, capsys):
     printed = capsys.readouterr().out
     metrics = json.loads((ft / "eval" / "val" / "metrics.json").read_text())  # RUN/eval/<split>
     assert f"val (best checkpoint): mIoU {metrics['miou']:.4f}" in printed
+    lines = {line.split()[0]: line.split()[1:] for line in printed.splitlines() if line.strip()}
     for name in metrics["classes"]:  # one line a class: IoU and Boundary IoU (or n/a)
-        iou = metrics["iou_per_class"][name]
-        assert f"  {name}" in printed and ("n/a" if iou != iou else f"{iou:.4f}") in printed
+        iou, biou = metrics["iou_per_class"][name], metrics["boundary_iou_per_class"][name]
+        assert lines[name] == ["n/a" if v != v else f"{v:.4f}" for v in (iou, biou)], name
     conf = np.load(ft / "eval" / "val" / "per_image_confusion.npy")
     assert conf.shape == (7, 6, 6) and conf.dtype == np.int64
     assert conf.sum() == 7 * 32 * 32  # synthetic scenes have no ignored pixels

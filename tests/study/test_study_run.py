@@ -646,8 +646,10 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
 ) -> None:
     """``cluster: {executor: local}``: one submitit job per run (submitit's local executor, as
     a SLURM cluster would run them), the same runs and numbers as the local workers, also when
-    the scheduler preempts a job (SIGTERM to its processes): the run is submitted again and
-    resumes from the checkpoint its worker saved."""
+    the scheduler stops a job mid-training in either of its two ways: SIGTERM to the worker
+    (preemption without a requeue signal: the study submits the run again) and the requeue
+    signal to the job (submitit's checkpoint hook stops the worker, the job is requeued); each
+    run resumes from the checkpoint its worker saved."""
     pytest.importorskip("submitit")
     from arseg.engine import dirlock
 
@@ -660,26 +662,34 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
     )
     new = tmp_path / "out"
     proc = _study(config, new)
-    run = new / "ar" / "seed1"
+    # ar: SIGTERM to its worker; ce: submitit's requeue signal (USR2) to its job's process
+    pending = {new / "ar" / "seed1": "worker", new / "ce" / "seed1": "job"}
     deadline = time.time() + 300
-    while proc.poll() is None and time.time() < deadline:
-        steps = _train_steps(run / "metrics.csv")
-        if steps and max(steps) < 6 and not (run / "eval").exists():
+    while pending and proc.poll() is None and time.time() < deadline:
+        for run, whom in list(pending.items()):
+            steps = _train_steps(run / "metrics.csv")
+            if not steps or max(steps) >= 6 or (run / "eval").exists():
+                continue
             try:
                 dirlock.acquire(run, create=False).release()
-            except dirlock.DirectoryBusyError as busy:  # held by the worker: preempt it
-                os.kill(busy.holder["pid"], signal.SIGTERM)
-                break
+            except dirlock.DirectoryBusyError as busy:  # held by the worker: stop it
+                if whom == "worker":
+                    os.kill(busy.holder["pid"], signal.SIGTERM)
+                else:
+                    os.kill(busy.holder["parent_pid"], signal.SIGUSR2)
+                del pending[run]
         time.sleep(0.02)
-    else:
+    if pending:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"no fine-tune caught in training:\n{proc.communicate()[0]}")
+        pytest.fail(f"not caught in training: {pending}:\n{proc.communicate()[0]}")
     stdout = _finish(proc, timeout=600)
     assert proc.returncode == 0, stdout
     assert "through submitit (local)" in stdout and "ar_seed1: submitted as job" in stdout
-    assert "stopped by the scheduler (SIGTERM) after saving its checkpoint; resubmitted" in stdout
-    log = (new / "logs" / "ar_seed1.log").read_text()
-    assert "SIGTERM received: saving a checkpoint after this step" in log
+    assert "ar_seed1: job " in stdout and "stopped by SIGTERM (preempted); resubmitted" in stdout
+    for name in ("ar_seed1", "ce_seed1"):
+        log = (new / "logs" / f"{name}.log").read_text()
+        assert "SIGTERM received: saving a checkpoint after this step" in log, name
+        assert "resuming " in log and "from its last checkpoint" in log, name
     assert list((new / "submitit").iterdir())  # submitit's own job folders
     for name in ("ce/seed1", "ar/seed1"):
         mine = json.loads((new / name / "eval" / "val" / "metrics.json").read_text())

@@ -100,3 +100,48 @@ def test_a_worker_whose_study_is_killed_stops_within_a_step(tmp_path, tiny_confi
     assert "SIGTERM received: saving a checkpoint after this step" in text
     assert "the study resumes it when run again" in text
     assert not (tmp_path / "ce_seed1.json").exists()  # not recorded as finished
+
+
+def test_a_worker_stopped_outside_training_exits_143_unrecorded(tmp_path, tiny_config) -> None:
+    """SIGTERM before training (here: while the worker waits for its run, held by what looks
+    like an orphan of a killed study) is exit 143 with nothing recorded, as inside training:
+    the status a cluster runner reads as a preemption (a default handler gave -15, and
+    Lightning's exit 0 mid-evaluation)."""
+    from arseg.engine import dirlock
+
+    run = tmp_path / "ce" / "seed1"
+    cfg = validate_config(merge_config(load_config(tiny_config()), {"run_dir": str(run)}))
+    spec = tmp_path / "ce_seed1.spec.json"
+    state = tmp_path / "ce_seed1.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "name": "ce_seed1",
+                "run_dir": str(run),
+                "config": cfg,
+                "split": "val",
+                "data_root": None,
+                "checkpoints": ["best", "last"],
+                "state": str(state),
+            }
+        )
+    )
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a parent pid that no longer runs: the holder below looks orphaned
+    with dirlock.held(run, record={"parent_pid": gone.pid}):
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "arseg.study.worker", str(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert worker.stdout.readline().startswith("waiting: "), worker.stderr.read()
+            worker.send_signal(signal.SIGTERM)
+            _, err = worker.communicate(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                worker.kill()
+    assert worker.returncode == 128 + signal.SIGTERM, err
+    assert "arseg: SIGTERM: stopped; the run is not recorded as finished" in err
+    assert not state.exists()

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,21 @@ __all__ = ["ClusterJob", "ClusterRunner"]
 
 submitit = require("submitit", "cluster", "a study with a 'cluster' section")
 
-# how long a stopped worker may take to save its checkpoint, and a job's time limit where the
-# config sets none (submitit's default is a few minutes)
-_STOP_WAIT_S = 120.0
+# How long a stopped worker may take to save its checkpoint (under the 90 s of warning SLURM
+# gives submitit before a time limit), and a job's time limit where the config sets none
+# (submitit's default is a few minutes).
+_STOP_WAIT_S = 60.0
 DEFAULT_TIMEOUT_MIN = 24 * 60
-# A worker's exit after a SIGTERM that its job did not send (SLURM signals every process of a
-# preempted job): it saved last.ckpt, and the runner submits the run again, at most this often.
+# A worker's exit on a SIGTERM that its job did not send: SLURM preempts by signalling every
+# process of the job, SIGTERM first, then submitit's USR2, which requeues the job (same id).
+# The job waits this long for that signal; where none comes, the runner submits the run again
+# (it resumes from its last checkpoint), at most MAX_RESUBMISSIONS times.
 PREEMPTED = 128 + signal.SIGTERM
+_REQUEUE_SIGNAL_WAIT_S = 10.0
 MAX_RESUBMISSIONS = 20
+# Scheduler states of a job that is still (or again) queued or running, and how often to ask.
+_ACTIVE_STATES = ("PENDING", "REQUEUED", "REQUEUE", "RUNNING", "CONFIGURING", "COMPLETING")
+_STATE_POLL_S = 30.0
 
 
 class ClusterJob:
@@ -52,7 +60,13 @@ class ClusterJob:
                 env=env,
             )
             try:
-                return self._proc.wait()
+                # poll, not wait(): submitit's signal handler (checkpoint, below) runs in this
+                # frame and must be able to wait for the worker itself
+                while (rc := self._proc.poll()) is None:
+                    time.sleep(0.5)
+                if rc == PREEMPTED:  # the scheduler's SIGTERM: give its requeue signal time
+                    time.sleep(_REQUEUE_SIGNAL_WAIT_S)
+                return rc
             except BaseException:  # cancelled (SIGINT) or submitit's requeue exit
                 self._stop_worker()
                 raise
@@ -111,6 +125,13 @@ class ClusterRunner(Runner):
         handle = submission.handle
         if not handle.done():
             return None
+        if submission.requeued_by_scheduler:  # its old result stays until the rerun ends
+            if time.time() - submission.state_checked < _STATE_POLL_S:
+                return None
+            submission.state_checked = time.time()
+            if _scheduler_state(handle).startswith(_ACTIVE_STATES):
+                return None
+            submission.requeued_by_scheduler = False
         try:
             rc = int(handle.result())
         except Exception as err:  # the scheduler's failure (cancelled, out of memory, ...)
@@ -118,17 +139,28 @@ class ClusterRunner(Runner):
                 f"arseg: job {handle.job_id}: {str(err).strip().splitlines()[-1]}", file=sys.stderr
             )
             return 1
-        if rc == PREEMPTED and submission.resubmissions < MAX_RESUBMISSIONS:
-            submission.resubmissions += 1
-            submission.submit(self.executor)
-            print(
-                f"{submission.name}: job {handle.job_id} stopped by the scheduler (SIGTERM) after"
-                f" saving its checkpoint; resubmitted as job {submission.handle.job_id}"
-                f" ({submission.resubmissions}/{MAX_RESUBMISSIONS})",
-                flush=True,
-            )
+        if rc != PREEMPTED:
+            return rc
+        state = _scheduler_state(handle)
+        if state.startswith("CANCELLED"):  # scancel: the user's decision, not a preemption
+            print(f"arseg: job {handle.job_id} of run {submission.name}: {state}", file=sys.stderr)
+            return rc
+        if state.startswith(_ACTIVE_STATES):  # the scheduler requeued the job itself
+            submission.requeued_by_scheduler = True
+            submission.state_checked = time.time()
+            print(f"{submission.name}: job {handle.job_id} preempted and requeued", flush=True)
             return None
-        return rc
+        if submission.resubmissions >= MAX_RESUBMISSIONS:
+            return rc
+        submission.resubmissions += 1
+        submission.submit(self.executor)
+        print(
+            f"{submission.name}: job {handle.job_id} stopped by SIGTERM (preempted);"
+            f" resubmitted as job {submission.handle.job_id}, it resumes from its last"
+            f" checkpoint ({submission.resubmissions}/{MAX_RESUBMISSIONS})",
+            flush=True,
+        )
+        return None
 
     def _terminate(self, submissions: list[_Submission]) -> None:
         for submission in submissions:
@@ -144,6 +176,18 @@ class _Submission:
         self.job = job
         self.handle: Any = None
         self.resubmissions = 0
+        self.requeued_by_scheduler = False
+        self.state_checked = 0.0
 
     def submit(self, executor: Any) -> None:
         self.handle = executor.submit(self.job)
+
+
+def _scheduler_state(handle: Any) -> str:
+    """The job's state as the scheduler reports it now (SLURM's sacct, or the local executor's),
+    upper case; ``UNKNOWN`` where it cannot be asked."""
+    try:
+        info = handle.get_info(mode="force")
+    except Exception:  # the scheduler's command failed: say so rather than guess
+        return "UNKNOWN"
+    return str(info.get("State") or info.get("jobState") or "UNKNOWN").upper()

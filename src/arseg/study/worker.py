@@ -33,6 +33,12 @@ def _error(message: str) -> int:
     return 2
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    # os.write: a print here could land inside a print the signal interrupted
+    os.write(2, b"arseg: SIGTERM: stopped; the run is not recorded as finished\n")
+    raise SystemExit(128 + signum)
+
+
 def run_job(spec_path: str | Path) -> int:
     """Train (or resume) one run, then evaluate it at its checkpoints; the exit status.
 
@@ -47,6 +53,10 @@ def run_job(spec_path: str | Path) -> int:
 
     # SLURM signals a job's processes before a requeue: the job process stops the worker
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    # SIGTERM outside training (waiting for the run, setting up, evaluating): exit 143 with
+    # nothing recorded as finished (Lightning's own handler would exit 0 mid-evaluation);
+    # inside training, fit saves last.ckpt at the next step and returns the same status
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         spec = read_json(spec_path, mapping=True)
     except RunError as err:
