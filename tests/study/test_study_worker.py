@@ -41,15 +41,10 @@ def _train_steps(run) -> list[int]:
     return [int(float(r[step])) for r in rows[1:] if len(r) == len(rows[0]) and r[loss]]
 
 
-def test_a_worker_whose_study_is_killed_stops_within_a_step(tmp_path, tiny_config) -> None:
-    from arseg.engine import dirlock
-
-    run = tmp_path / "ce" / "seed1"
+def _write_spec(tmp_path, run, config, overrides: list[str]):
+    """The spec a study writes for run ``ce_seed1`` (its state file: ``ce_seed1.json``)."""
+    cfg = validate_config(merge_config(load_config(config, overrides), {"run_dir": str(run)}))
     spec = tmp_path / "ce_seed1.spec.json"
-    overrides = ["trainer.max_epochs=50", "data.num_workers=1"]
-    cfg = validate_config(
-        merge_config(load_config(tiny_config(), overrides), {"run_dir": str(run)})
-    )
     spec.write_text(
         json.dumps(
             {
@@ -62,6 +57,16 @@ def test_a_worker_whose_study_is_killed_stops_within_a_step(tmp_path, tiny_confi
                 "state": str(tmp_path / "ce_seed1.json"),
             }
         )
+    )
+    return spec
+
+
+def test_a_worker_whose_study_is_killed_stops_within_a_step(tmp_path, tiny_config) -> None:
+    from arseg.engine import dirlock
+
+    run = tmp_path / "ce" / "seed1"
+    spec = _write_spec(
+        tmp_path, run, tiny_config(), ["trainer.max_epochs=50", "data.num_workers=1"]
     )
     log = tmp_path / "worker.log"
     study = subprocess.Popen(
@@ -110,22 +115,8 @@ def test_a_worker_stopped_outside_training_exits_143_unrecorded(tmp_path, tiny_c
     from arseg.engine import dirlock
 
     run = tmp_path / "ce" / "seed1"
-    cfg = validate_config(merge_config(load_config(tiny_config()), {"run_dir": str(run)}))
-    spec = tmp_path / "ce_seed1.spec.json"
+    spec = _write_spec(tmp_path, run, tiny_config(), [])
     state = tmp_path / "ce_seed1.json"
-    spec.write_text(
-        json.dumps(
-            {
-                "name": "ce_seed1",
-                "run_dir": str(run),
-                "config": cfg,
-                "split": "val",
-                "data_root": None,
-                "checkpoints": ["best", "last"],
-                "state": str(state),
-            }
-        )
-    )
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # a parent pid that no longer runs: the holder below looks orphaned
     with dirlock.held(run, record={"parent_pid": gone.pid}):
