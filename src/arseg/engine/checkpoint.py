@@ -196,7 +196,8 @@ def load_model(
         map_location: where the weights go (``torch.load`` semantics).
 
     Returns:
-        ``(model in eval mode, resolved config dict)``.
+        ``(model in eval mode, resolved config dict)``; a relative ``data.root`` in it is made
+        absolute against the run's directory (see :func:`arseg.engine.config.run_data_root`).
     """
     from arseg.models import build_model
 
@@ -205,6 +206,10 @@ def load_model(
     cfg = ckpt.get("arseg_config")
     if cfg is None:
         raise CheckpointMismatchError(f"{path} has no arseg config: it was not written by arseg")
+    if isinstance(cfg.get("data"), dict) and cfg["data"].get("root"):
+        from .config import run_data_root
+
+        cfg["data"]["root"] = run_data_root(cfg["data"]["root"], path)
     model_cfg = cfg["model"]
     model = build_model(
         model_cfg["name"],

@@ -35,6 +35,7 @@ __all__ = [
     "merge_config",
     "parse_overrides",
     "resolve_data_root",
+    "run_data_root",
     "validate_config",
 ]
 
@@ -553,6 +554,15 @@ def resolve_data_root(root: str | None, config_dir: Path) -> str | None:
         if candidate.exists():
             return str(candidate.resolve())
     return root
+
+
+def run_data_root(root: str | None, checkpoint: str | Path) -> str | None:
+    """The ``data.root`` stored in a run's checkpoint, as an absolute path where it is relative:
+    relative to that run's directory (a run handed over with its data beside it, possibly seen
+    through a symlinked view: the link is followed), else to the current one."""
+    from arseg.rundir import RunDir
+
+    return resolve_data_root(root, RunDir.of_checkpoint(Path(checkpoint).resolve()).path)
 
 
 def dump_config(cfg: Mapping[str, Any], path: str | Path) -> None:

@@ -20,7 +20,7 @@ from arseg import rundir
 from arseg.rundir import RunDir
 
 from .checkpoint import find_checkpoint, load_checkpoint, load_weights, model_state_dict
-from .config import DEFAULTS, complete_config, merge_config, resolve_data_root, validate_config
+from .config import DEFAULTS, complete_config, merge_config, run_data_root, validate_config
 from .datamodule import build_eval_dataset
 from .dirlock import output_lock
 from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
@@ -150,12 +150,7 @@ def _evaluate(
     overrides = {"eval": eval_overrides or {}, "data": data_overrides or {}}
     cfg = merge_config(complete_config(cfg), overrides, source="the evaluation options")
     if "root" not in overrides["data"]:
-        # A relative root stored in a run is relative to the run directory (a run handed over
-        # with its data beside it, possibly through a symlinked view), else to the current one.
-        real = path.resolve()
-        cfg["data"]["root"] = resolve_data_root(
-            cfg["data"]["root"], RunDir.of_checkpoint(real).path
-        )
+        cfg["data"]["root"] = run_data_root(cfg["data"]["root"], path)
     _validate_eval_options(cfg)
     if not (math.isfinite(boundary_ratio) and boundary_ratio > 0):
         raise ValueError(f"the boundary ratio must be a positive number, got {boundary_ratio}")
