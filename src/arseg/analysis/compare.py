@@ -31,6 +31,7 @@ from arseg.analysis.runs import Run, RunError
 from arseg.analysis.stats import (
     MIN_SEED_PAIRS,
     BootstrapResult,
+    ClassDelta,
     PairedTest,
     SeedSummary,
     distinct_seed_resamples,
@@ -43,7 +44,7 @@ from arseg.analysis.stats import (
     seed_summary,
 )
 
-__all__ = ["METRICS", "Comparison", "compare_runs", "format_comparison"]
+__all__ = ["METRICS", "Comparison", "compare_runs", "format_comparison", "leave_out_gains"]
 
 #: Per-run metrics summarised for each arm: key -> display name.
 METRICS = {
@@ -173,12 +174,46 @@ class Comparison:
             "seed_tests": {
                 key: None if t is None else t.as_dict() for key, t in self.seed_tests.items()
             },
+            "leave_out": leave_out_gains(bs.per_class),
             "n_seed_pairs": self.n_pairs,
             "min_seed_pairs": MIN_SEED_PAIRS,
             "seed_noise_covered": self.seed_noise_covered,
             "verdict": self.verdict,
             "warnings": list(self.warnings),
         }
+
+
+def leave_out_gains(per_class: Sequence[ClassDelta], top: int = 2) -> dict[str, object]:
+    """How much of an mIoU difference one or two classes carry.
+
+    The difference B - A of the mean IoU over the other classes, with each class left out in
+    turn (``each``: class -> difference) and with the ``1..top`` classes of largest |B - A|
+    left out together (``without_top``: ``[{"classes": [...], "delta": d}, ...]``). IoU units
+    (0..1). Computed from the per-class differences of the comparison (means over seeds), so it
+    equals the mIoU difference restricted to the other classes exactly where every class has an
+    IoU in every run (a class without one is skipped, as mIoU skips it).
+
+    Example:
+        >>> from arseg.analysis.stats import ClassDelta
+        >>> rows = [ClassDelta(n, 0.5, 0.5 + d, d, d, d) for n, d in [("a", 0.3), ("b", 0.0), ("c", 0.0)]]
+        >>> out = leave_out_gains(rows)
+        >>> round(out["each"]["a"], 6), out["without_top"][0]["classes"]
+        (0.0, ['a'])
+    """
+    deltas = {c.name: c.delta for c in per_class if math.isfinite(c.delta)}
+
+    def without(names: set[str]) -> float:
+        rest = [d for name, d in deltas.items() if name not in names]
+        return float(np.mean(rest)) if rest else math.nan
+
+    ranked = sorted(deltas, key=lambda name: -abs(deltas[name]))
+    return {
+        "each": {name: without({name}) for name in deltas},
+        "without_top": [
+            {"classes": ranked[:k], "delta": without(set(ranked[:k]))}
+            for k in range(1, min(top, len(ranked) - 1) + 1)
+        ],
+    }
 
 
 def _bootstrap_dict(bs: BootstrapResult) -> dict[str, object]:
@@ -463,6 +498,13 @@ def format_comparison(cmp: Comparison, *, markdown: bool = False) -> str:
         lines.append(
             f"Across runs (paired by {cmp.paired_by}): mIoU difference {_pt(t.mean_diff)} ± "
             f"{100 * t.std_diff:.2f} points, paired t({t.df}) = {t.t_value:.3f}, p = {t.p_value:.3g}"
+        )
+    carried = leave_out_gains(bs.per_class)["without_top"]
+    if carried:
+        lines.append(
+            "Without the classes that move most: "
+            + "; ".join(f"without {', '.join(c['classes'])} {_pt(c['delta'])}" for c in carried)
+            + " points (mIoU difference over the other classes)"
         )
     lines.append(f"Verdict: {cmp.verdict}")
     for warning in cmp.warnings:
