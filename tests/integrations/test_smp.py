@@ -335,6 +335,44 @@ def test_camvid_config_builds_its_model():
 
 
 @needs_smp
+def test_smp_arena_study_resolves_with_the_lwrefinenet_recipe(no_network):
+    from arseg.engine.config import load_config, validate_config
+    from arseg.models.efficientnet import efficientnet_lite_weights_path
+    from arseg.study import load_study_config
+    from arseg.study.config import run_config
+
+    root = CONFIGS / "camvid" / "pretrained"
+    study = load_study_config(root / "smp_arena_study.yaml")  # every run config resolves
+    assert study.baseline == str(root / "smp_deeplabv3plus_baseline.yaml")
+    assert study.control == "ce" and (study.parallel, study.threads) == (2, 2)
+    assert all(a.seeds == [1, 2, 3, 4, 5] for a in study.arms.values())
+    out = Path("out")
+    base = run_config(study, out)
+    lw = validate_config(load_config(root / "baseline.yaml"))
+    # the LW-RefineNet baseline's recipe: only the network and the memory format differ
+    for key in ("seed", "data", "loss", "optim"):
+        assert base[key] == lw[key], key
+    differ = {k for k in lw["trainer"] if base["trainer"][k] != lw["trainer"][k]}
+    assert differ == {"channels_last", "enable_progress_bar"}  # the study hides the bar
+    assert base["model"]["pretrained"] and base["model"]["name"] == "smp_deeplabv3plus"
+    # the arms: the LW-RefineNet full-crop fine-tune on this network, one loss change each
+    lw_ft = validate_config(load_config(root / "finetune.yaml"))
+    for arm in study.arms:
+        cfg = run_config(study, out, arm, 1)
+        assert cfg["optim"] == lw_ft["optim"] and cfg["data"]["crop_size"] == [180, 240]
+        assert cfg["trainer"]["max_epochs"] == lw_ft["trainer"]["max_epochs"]
+        assert (
+            cfg["trainer"]["channels_last"] and cfg["model"]["options"] == base["model"]["options"]
+        )
+    if efficientnet_lite_weights_path(0) is None:
+        return
+    model = build_model("smp_deeplabv3plus", 11, pretrained=True, **base["model"]["options"])
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 180, 240)).shape == (1, 11, 180, 240)
+    assert model.pad_multiple == 16 and sum(p.numel() for p in model.parameters()) == 3_300_571
+
+
+@needs_smp
 @pytest.mark.slow  # three Lightning runs: ~10-20 s on the shared 2-core machine
 def test_fit_finetune_eval_through_the_cli(tmp_path):
     yaml = pytest.importorskip("yaml")
