@@ -42,9 +42,13 @@ for any other encoder:
   so the same features at strides 4-32 in eval mode; its stride-2 feature is the stem's, and in
   training smp adds stochastic depth (``drop_path_rate=0.2``: up to 0.19 in the last block),
   which arseg's Lite encoders do not have. It keeps ``conv_head`` and ``bn2`` (loaded, unused);
-  only ``classifier`` is left.
+  only ``classifier`` is left. smp 0.6 deprecates its ``timm-`` encoders for the ``tu-`` ones.
 
 ``encoder_weights`` may only be ``"imagenet"`` (the default with ``pretrained=True``).
+
+>>> model = build_model(  # doctest: +SKIP
+...     "smp_deeplabv3plus", num_classes=11, pretrained=True, encoder="tu-efficientnet_lite0"
+... )
 """
 
 from __future__ import annotations
