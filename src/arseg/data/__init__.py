@@ -1,4 +1,5 @@
-"""arseg.data: datasets (NYUv2-40, Cityscapes, CamVid, synthetic scenes) and transforms.
+"""arseg.data: datasets (your own folder of images and masks, NYUv2-40, Cityscapes, CamVid,
+synthetic scenes) and transforms.
 
 Example:
     >>> from arseg.data import build_dataset, build_train_transform

@@ -25,6 +25,8 @@ __all__ = [
     "PairedImageDataset",
     "apply_transform",
     "check_root",
+    "check_same_size",
+    "default_palette",
     "make_label_lut",
     "read_image",
     "read_label",
@@ -108,15 +110,19 @@ def read_image(path: Path) -> np.ndarray:
         raise DatasetError(f"image file {path}: cannot decode ({err})") from None
 
 
-def read_label(path: Path) -> np.ndarray:
-    """Decode a single-channel label file to an integer array ``(H, W)``; errors name the file."""
+def read_label(path: Path, hint: str = "") -> np.ndarray:
+    """Decode a single-channel label file to an integer array ``(H, W)``; errors name the file.
+
+    A palette PNG (mode ``P``) gives its indices. ``hint`` is added to the error of a file
+    that is not single-channel.
+    """
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode not in ("L", "P", "I", "I;16"):
                 raise DatasetError(
                     f"label file {path}: expected a single-channel image (mode L, P, I or I;16), "
-                    f"got mode {im.mode}"
+                    f"got mode {im.mode}{hint}"
                 )
             return np.asarray(im)
     except FileNotFoundError:
@@ -125,6 +131,28 @@ def read_label(path: Path) -> np.ndarray:
         raise DatasetError(f"label file {path}: not a readable image") from None
     except (OSError, SyntaxError) as err:
         raise DatasetError(f"label file {path}: cannot decode ({err})") from None
+
+
+def check_same_size(
+    image: np.ndarray, label: np.ndarray, image_path: Path, label_path: Path, dataset: str
+) -> None:
+    """A :class:`DatasetError` naming both files when the label's size is not the image's."""
+    if label.shape[:2] != image.shape[:2]:
+        raise DatasetError(
+            f"{dataset}: size mismatch, image {image_path} is {image.shape[0]}x{image.shape[1]} "
+            f"but label {label_path} is {label.shape[0]}x{label.shape[1]} (HxW)"
+        )
+
+
+def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
+    """Distinct colours (evenly spaced hues) for classes that have none of their own."""
+    import colorsys
+
+    out = []
+    for i in range(num_classes):
+        r, g, b = colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.75, 0.95)
+        out.append((int(r * 255), int(g * 255), int(b * 255)))
+    return out
 
 
 def make_label_lut(mapping: Mapping[int, int], size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -209,18 +237,30 @@ class PairedImageDataset(Dataset):
         """The image file stem of sample ``index``."""
         return self.pairs[index][0].stem
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of sample ``index``'s image, from its file header (nothing decoded)."""
+        path = self.pairs[index][0]
+        try:
+            with Image.open(path) as im:
+                width, height = im.size
+        except (OSError, SyntaxError, ValueError) as err:
+            raise DatasetError(
+                f"{self.name}: image file {path}: not a readable image ({err})"
+            ) from None
+        return height, width
+
+    def read_label_file(self, path: Path) -> np.ndarray:
+        """The raw label array of a label file (a dataset may decode its own encoding)."""
+        return read_label(path)
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw sample: ``(image uint8 (H, W, 3), target uint8 (H, W) in train ids / 255)``."""
         if not -len(self) <= index < len(self):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} samples")
         image_path, label_path = self.pairs[index]
         image = read_image(image_path)
-        raw = read_label(label_path)
-        if raw.shape != image.shape[:2]:
-            raise DatasetError(
-                f"{self.name}: size mismatch, image {image_path} is {image.shape[0]}x{image.shape[1]} "
-                f"but label {label_path} is {raw.shape[0]}x{raw.shape[1]} (HxW)"
-            )
+        raw = self.read_label_file(label_path)
+        check_same_size(image, raw, image_path, label_path, self.name)
         lut, valid = self._luts[0 if self._lut_index is None else self._lut_index[index]]
         if raw.dtype != np.uint8 and raw.dtype != np.uint16:
             if raw.min() < 0 or raw.max() >= len(lut):

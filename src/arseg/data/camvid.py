@@ -1,4 +1,4 @@
-"""CamVid in the SegNet layout (11 classes, 360x480).
+"""CamVid in the SegNet layout (11 classes, 360x480): a preset of the folder reader.
 
 Layout (as published with the SegNet tutorial)::
 
@@ -8,7 +8,9 @@ Layout (as published with the SegNet tutorial)::
 
 Each list line is ``<image path> <label path>`` with a foreign prefix
 (``/SegNet/CamVid/train/x.png``): paths are resolved by their last folder and file name,
-relative to ROOT. Labels are 8-bit, 0..10 = classes, 11 = void (mapped to 255).
+relative to ROOT. Labels are 8-bit, 0..10 = classes, 11 = void (mapped to 255). Nothing here
+reads files: ``camvid`` is :class:`arseg.data.folder.FolderDataset` with the settings of
+:data:`CAMVID_LAYOUT` (the same as ``data.name: folder`` with those ``data.options``).
 
 Example:
     >>> from arseg.data import build_dataset
@@ -21,10 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from .base import PairedImageDataset, check_root, read_pair_list
+from .base import check_root
+from .folder import FolderDataset
 from .registry import register_dataset
-from .transforms import IGNORE_INDEX
 
 CAMVID_CLASSES: tuple[str, ...] = (
     "sky",
@@ -56,20 +59,22 @@ CAMVID_PALETTE: list[tuple[int, int, int]] = [
 CAMVID_VOID = 11
 
 
-def _resolve_by_folder_and_name(root: Path) -> Callable[[str], Path]:
-    """Map a listed path with a foreign prefix (``/SegNet/CamVid/train/x.png``) under ``root``."""
-
-    def resolve(field: str) -> Path:
-        parts = Path(field).parts
-        if len(parts) < 2:
-            raise ValueError(f"path {field!r} has no folder")
-        return root / parts[-2] / parts[-1]
-
-    return resolve
+#: The folder reader's settings for the SegNet layout.
+CAMVID_LAYOUT: dict[str, Any] = {
+    "img_dir": "{split}",
+    "ann_dir": "{split}annot",
+    "img_suffix": ".png",
+    "seg_map_suffix": ".png",
+    "list_file": "{split}.txt",
+    "list_format": "pairs",
+    "classes": list(CAMVID_CLASSES),
+    "palette": [list(c) for c in CAMVID_PALETTE],
+    "ignore_index": CAMVID_VOID,
+}
 
 
 @register_dataset("camvid")
-class CamVid(PairedImageDataset):
+class CamVid(FolderDataset):
     """CamVid, SegNet preparation: 367 train / 101 val / 233 test images of 360x480.
 
     Args:
@@ -81,8 +86,7 @@ class CamVid(PairedImageDataset):
     255 (void).
     """
 
-    classes = CAMVID_CLASSES
-    palette = CAMVID_PALETTE
+    dataset_name = "camvid"
 
     def __init__(
         self,
@@ -90,16 +94,7 @@ class CamVid(PairedImageDataset):
         split: str = "train",
         transform: Callable | None = None,
     ) -> None:
-        root = check_root(root, "camvid")
+        check_root(root, "camvid")
         if split not in ("train", "val", "test"):
             raise ValueError(f"camvid: split must be 'train', 'val' or 'test', got {split!r}")
-        list_file = root / f"{split}.txt"
-        if not list_file.is_file():
-            raise FileNotFoundError(f"camvid: list file {list_file} for split {split!r} not found")
-        self.root = root
-        self.split = split
-        label_map = {i: i for i in range(len(CAMVID_CLASSES))}
-        label_map[CAMVID_VOID] = IGNORE_INDEX
-        label_map[IGNORE_INDEX] = IGNORE_INDEX
-        pairs = read_pair_list(list_file, _resolve_by_folder_and_name(root), "camvid")
-        super().__init__(pairs, label_map, transform, "camvid")
+        super().__init__(root, split, transform, **CAMVID_LAYOUT)

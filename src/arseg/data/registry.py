@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
 _DATASETS: dict[str, Callable[..., Dataset]] = {}
-_BUILTIN = ("camvid", "cityscapes", "nyuv2", "synthetic")
+_BUILTIN = ("camvid", "cityscapes", "folder", "nyuv2", "synthetic")
 
 
 def _register_builtin() -> None:
@@ -61,7 +61,8 @@ def build_dataset(
     """Build the dataset registered as ``name``.
 
     Args:
-        name: one of :func:`list_datasets` (``"nyuv2"``, ``"cityscapes"``, ``"camvid"``,
+        name: one of :func:`list_datasets` (``"folder"``: your own images and masks, see
+            :mod:`arseg.data.folder`; ``"nyuv2"``, ``"cityscapes"``, ``"camvid"``,
             ``"synthetic"``).
         root: the dataset folder (``None`` only for ``"synthetic"``).
         split: ``"train"``, ``"val"`` (and ``"test"`` where the dataset has one).

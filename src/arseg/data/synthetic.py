@@ -201,6 +201,10 @@ class SyntheticScenes(Dataset):
     def sample_name(self, index: int) -> str:
         return f"synthetic_{index:06d}"
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        """``(H, W)`` of every scene (the ``size`` setting)."""
+        return self.size
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The raw scene: ``(image uint8 (H, W, 3), target uint8 (H, W))``."""
         if not 0 <= index < self.num_samples:

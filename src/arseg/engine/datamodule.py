@@ -9,6 +9,12 @@ exactly the batches that the uninterrupted run would have seen.
 
 Each process of a distributed run takes every ``world_size``-th sample (no padding, no
 duplicates), so validation metrics over all processes equal those of a single process.
+
+Images of different sizes (a user's own folder) are evaluated at their own size: an evaluation
+batch holds images of one size only (:class:`SizeGroupedBatchSampler`), so every image gives
+the outputs it gives alone (padding a batch would change a network's outputs near the border:
+its receptive field sees the padding) and the validation metrics do not depend on
+``data.val_batch_size``.
 """
 
 from __future__ import annotations
@@ -27,8 +33,11 @@ __all__ = [
     "ResumableSampler",
     "SeedDataModule",
     "SeededDataset",
+    "SizeGroupedBatchSampler",
     "build_eval_dataset",
+    "build_eval_loader",
     "build_train_dataset",
+    "dataset_arguments",
 ]
 
 _SEED_MOD = 2**31 - 1
@@ -175,11 +184,54 @@ class ResumableDataLoader(DataLoader):
             sampler.skip_next(int(state["batches_done"]) * int(self.batch_size or 1), epoch)
 
 
-def _dataset_kwargs(cfg: dict[str, Any], split_key: str) -> dict[str, Any]:
+class SizeGroupedBatchSampler(Sampler[list[int]]):
+    """Batches of dataset indices whose images have one size, in a fixed order.
+
+    The indices are grouped by size (groups in the order of their first index, indices in
+    their order within a group) and each group is cut into batches of ``batch_size``.
+
+    Args:
+        indices: the dataset positions to batch (a process's shard).
+        sizes: ``(H, W)`` of each of ``indices``.
+        batch_size: the most images a batch holds.
+
+    Example:
+        >>> list(SizeGroupedBatchSampler([0, 1, 2, 3], [(2, 3), (3, 2), (2, 3), (2, 3)], 2))
+        [[0, 2], [3], [1]]
+    """
+
+    def __init__(self, indices: list[int], sizes: list[tuple[int, int]], batch_size: int) -> None:
+        if len(indices) != len(sizes):
+            raise ValueError(f"{len(indices)} indices but {len(sizes)} sizes")
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in zip(indices, sizes):
+            groups.setdefault(tuple(size), []).append(index)
+        self.batches = [
+            group[i : i + batch_size]
+            for group in groups.values()
+            for i in range(0, len(group), batch_size)
+        ]
+
+    @property
+    def order(self) -> list[int]:
+        """The dataset indices in the order the batches yield them."""
+        return [i for batch in self.batches for i in batch]
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([list(b) for b in self.batches])
+
+
+def dataset_arguments(cfg: dict[str, Any], split: str, *, training: bool) -> dict[str, Any]:
+    """``build_dataset``'s arguments for ``split`` of ``cfg['data']``: ``name``, ``root``,
+    ``split`` and ``options`` (``data.options`` with ``data.train_options`` where the split is
+    read for training, ``data.val_options`` where it is evaluated)."""
     data = cfg["data"]
-    kwargs = dict(data["options"])
-    kwargs.update(data["train_options"] if split_key == "train" else data["val_options"])
-    return kwargs
+    options = dict(data["options"])
+    options.update(data["train_options"] if training else data["val_options"])
+    return {"name": data["name"], "root": data["root"], "split": split, "options": options}
 
 
 def build_train_dataset(cfg: dict[str, Any]) -> Dataset:
@@ -196,12 +248,9 @@ def build_train_dataset(cfg: dict[str, Any]) -> Dataset:
         rotate_degrees=data["rotate_degrees"],
         blur_prob=data["blur_prob"],
     )
+    args = dataset_arguments(cfg, data["train_split"], training=True)
     return build_dataset(
-        data["name"],
-        root=data["root"],
-        split=data["train_split"],
-        transform=transform,
-        **_dataset_kwargs(cfg, "train"),
+        args["name"], root=args["root"], split=args["split"], transform=transform, **args["options"]
     )
 
 
@@ -217,13 +266,49 @@ def build_eval_dataset(cfg: dict[str, Any], split: str | None = None) -> Dataset
 
     data = cfg["data"]
     resize = tuple(data["eval_resize"]) if data["eval_resize"] else None
+    args = dataset_arguments(cfg, split or data["val_split"], training=False)
     return build_dataset(
-        data["name"],
-        root=data["root"],
-        split=split or data["val_split"],
+        args["name"],
+        root=args["root"],
+        split=args["split"],
         transform=build_eval_transform(resize),
-        **_dataset_kwargs(cfg, "val"),
+        **args["options"],
     )
+
+
+def build_eval_loader(
+    cfg: dict[str, Any], dataset: Dataset, *, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, list[int]]:
+    """The evaluation loader of ``dataset`` (process ``rank`` of ``world_size``'s share) and
+    the dataset indices in the order it yields them.
+
+    Without ``data.eval_resize`` the images are evaluated at their own sizes: a batch holds
+    images of one size (:class:`SizeGroupedBatchSampler`, sizes from the file headers), which
+    reorders the images when sizes are mixed; images of one size are batched in order, as is a
+    dataset without ``image_size`` (its images must then share one size).
+    """
+    data = cfg["data"]
+    indices = list(range(rank, len(dataset), world_size))  # type: ignore[arg-type]
+    batch_size = int(data["val_batch_size"])
+    common = {
+        "num_workers": data["num_workers"],
+        "persistent_workers": data["num_workers"] > 0,
+        "generator": torch.Generator().manual_seed(0),
+    }
+    image_size = getattr(dataset, "image_size", None)
+    if data["eval_resize"] is None and image_size is not None and batch_size > 1:
+        sizes = [image_size(i) for i in indices]
+        if len(set(sizes)) > 1:
+            batches = SizeGroupedBatchSampler(indices, sizes, batch_size)
+            return DataLoader(dataset, batch_sampler=batches, **common), batches.order
+    sampler = ResumableSampler(
+        len(dataset),  # type: ignore[arg-type]
+        shuffle=False,
+        rank=rank,
+        world_size=world_size,
+        yield_seeds=False,
+    )
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, **common), indices
 
 
 def _dist_info(trainer: L.Trainer | None) -> tuple[int, int]:
@@ -303,14 +388,5 @@ class SeedDataModule(L.LightningDataModule):
                 f"the validation split has {len(self.val_set)} samples for {world} processes: "
                 "every process needs at least one (use fewer devices or a larger split)"
             )
-        sampler = ResumableSampler(
-            len(self.val_set), shuffle=False, rank=rank, world_size=world, yield_seeds=False
-        )
-        return DataLoader(
-            self.val_set,
-            batch_size=self.cfg["data"]["val_batch_size"],
-            sampler=sampler,
-            num_workers=self.cfg["data"]["num_workers"],
-            generator=torch.Generator().manual_seed(0),
-            persistent_workers=self.cfg["data"]["num_workers"] > 0,
-        )
+        loader, _ = build_eval_loader(self.cfg, self.val_set, rank=rank, world_size=world)
+        return loader

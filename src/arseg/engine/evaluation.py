@@ -21,7 +21,7 @@ from arseg.rundir import RunDir
 
 from .checkpoint import find_checkpoint, load_checkpoint, load_weights, model_state_dict
 from .config import DEFAULTS, complete_config, merge_config, run_data_root, validate_config
-from .datamodule import build_eval_dataset
+from .datamodule import build_eval_dataset, build_eval_loader
 from .dirlock import output_lock
 from .metrics import BOUNDARY_RATIO, boundary_iou_from_counts
 from .module import SegmentationModule
@@ -176,12 +176,8 @@ def _evaluate(
     module = SegmentationModule(cfg, class_names=tuple(dataset.classes))
     load_weights(module.model, model_state_dict(ckpt), path)
     module.boundary_ratio = boundary_ratio
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg["data"]["val_batch_size"],
-        shuffle=False,
-        num_workers=cfg["data"]["num_workers"],
-    )
+    # images of different sizes are batched by size: `order` says where each row belongs
+    loader, order = build_eval_loader(cfg, dataset)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -203,6 +199,9 @@ def _evaluate(
         if module.test_boundary
         else np.zeros((0, 2, module.num_classes), dtype=np.int64)
     )
+    if len(order) == confusions.shape[0] and order != sorted(order):  # back to dataset order
+        position = np.argsort(np.asarray(order))
+        confusions, boundary = confusions[position], boundary[position]
     b_scores = boundary_iou_from_counts(torch.from_numpy(boundary))
     metrics = {
         "miou": res["test/miou"],
