@@ -53,3 +53,40 @@ def camvid_dir() -> Path:
     if problems:
         pytest.fail(f"the CamVid folder {root} exists but is unusable: " + "; ".join(problems))
     return root
+
+
+def stanford_root() -> Path:
+    """The shared real Stanford Background data: $ARSEG_STANFORD_BACKGROUND, else
+    ../shared/data/stanford_background beside the checkout."""
+    default = PROJECT_ROOT.parent / "shared" / "data" / "stanford_background"
+    return Path(os.environ.get("ARSEG_STANFORD_BACKGROUND", default))
+
+
+@pytest.fixture
+def stanford_dir() -> Path:
+    """The real Stanford Background folder. Skips only where it is absent (and
+    ``ARSEG_REQUIRE_STANFORD_BACKGROUND`` is unset, as CI sets it); a folder that exists but
+    cannot be read fails the test."""
+    root = stanford_root()
+    if not root.exists():
+        if os.environ.get("ARSEG_REQUIRE_STANFORD_BACKGROUND"):
+            pytest.fail(
+                "ARSEG_REQUIRE_STANFORD_BACKGROUND is set but the Stanford Background folder "
+                f"{root} does not exist"
+            )
+        pytest.skip(f"real Stanford Background data not found at {root}")
+    problems = []
+    for name in ("train.txt", "val.txt", "classes.txt"):
+        try:
+            if not (root / name).read_text().strip():
+                problems.append(f"{name} is empty")
+        except OSError as err:
+            problems.append(f"{name}: {err.strerror or err}")
+    for name in ("images/train", "images/val", "masks/train", "masks/val"):
+        if not os.access(root / name, os.R_OK | os.X_OK) or not (root / name).is_dir():
+            problems.append(f"{name}/ is missing or unreadable")
+    if problems:
+        pytest.fail(
+            f"the Stanford Background folder {root} exists but is unusable: " + "; ".join(problems)
+        )
+    return root

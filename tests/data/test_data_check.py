@@ -1,8 +1,10 @@
-"""``arseg data check``: class frequencies of a whole split, and the first bad file named."""
+"""``arseg data check``: class frequencies of a whole split, and the first bad file named; by
+dataset name or on the data section of a run config, with a picture of a few samples."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,10 +28,25 @@ def _camvid_layout(root, labels: list[np.ndarray]) -> None:
     (root / "train.txt").write_text("")
 
 
+@pytest.fixture(autouse=True)
+def cwd(tmp_path_factory, monkeypatch) -> Path:
+    """The check writes its picture into the current directory by default: one of its own."""
+    path = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(path)
+    return path
+
+
 def _shares(out: str) -> dict[str, float]:
     return {
         m.group(2): float(m.group(3))
-        for m in re.finditer(r"^\s+(\d+) (\S+)\s+([\d.]+) %$", out, flags=re.MULTILINE)
+        for m in re.finditer(r"^\s+(\d+) (\S+)\s+([\d.]+) %\s+\d+$", out, flags=re.MULTILINE)
+    }
+
+
+def _image_counts(out: str) -> dict[str, int]:
+    return {
+        m.group(1): int(m.group(2))
+        for m in re.finditer(r"^\s+\d+ (\S+)\s+[\d.]+ %\s+(\d+)$", out, flags=re.MULTILINE)
     }
 
 
@@ -71,3 +88,145 @@ def test_check_reads_the_real_camvid_val_split(camvid_dir, capsys):
     shares = _shares(out)
     assert sum(shares.values()) == pytest.approx(100, abs=0.1)
     assert shares["road"] > 10 and shares["sky"] > 5  # street scenes
+
+
+def test_check_by_name_draws_its_picture_in_the_current_directory(tmp_path, cwd, capsys):
+    _camvid_layout(tmp_path, [np.zeros((8, 10), dtype=np.uint8)] * 2)
+    assert main(["data", "check", "camvid", "--root", str(tmp_path), "--split", "val"]) == 0
+    assert (cwd / "data_check_camvid_val.png").is_file()
+    assert "picture: data_check_camvid_val.png" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- a run config
+
+
+def _folder(root: Path, n: int = 4) -> list[np.ndarray]:
+    """A folder dataset (default layout, 3 classes in classes.txt) of n val images of 2 sizes."""
+    rng = np.random.default_rng(0)
+    masks = []
+    for split in ("train", "val"):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+    for i in range(n):
+        size = (12, 16) if i % 2 == 0 else (16, 12)
+        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(image).save(root / "images" / "val" / f"v{i}.jpg")
+        mask = rng.choice([0, 1, 255], size=size, p=[0.5, 0.4, 0.1]).astype(np.uint8)
+        mask[0, 0] = 0
+        Image.fromarray(mask).save(root / "masks" / "val" / f"v{i}.png")
+        masks.append(mask)
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "train" / "t.png")
+    Image.fromarray(np.full((8, 8), 2, np.uint8)).save(root / "masks" / "train" / "t.png")
+    (root / "classes.txt").write_text("ground\nplant\nwater\n")
+    return masks
+
+
+def _configs(tmp_path: Path) -> Path:
+    """configs/run.yaml on configs/base.yaml: the base names the data, relative to itself."""
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "base.yaml").write_text(
+        "data:\n  name: folder\n  root: ../data\n  options: {reduce_zero_label: false}\n"
+    )
+    (tmp_path / "configs" / "run.yaml").write_text(
+        "_base_: base.yaml\nname: mine\ndata:\n  val_options: {classes_file: classes.txt}\n"
+    )
+    return tmp_path / "configs" / "run.yaml"
+
+
+def test_check_a_config_reads_its_data_section_and_draws_it(tmp_path, cwd, capsys):
+    masks = _folder(tmp_path / "data")
+    config = _configs(tmp_path)
+    assert main(["data", "check", str(config), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert f"{config}: folder val: 4 samples OK" in out
+    assert "sizes (HxW): 12x16: 2, 16x12: 2" in out
+    pixels = np.concatenate([m.ravel() for m in masks])
+    shares = _shares(out)
+    assert shares == {
+        name: round(100 * float(np.mean(pixels == v)), 2)
+        for name, v in (("ground", 0), ("plant", 1), ("water", 2), ("(ignored)", 255))
+    }
+    counts = _image_counts(out)
+    assert counts["ground"] == 4 and counts["water"] == 0
+    assert counts["plant"] == sum(bool((m == 1).any()) for m in masks)
+    picture = cwd / "data_check_run_val.png"
+    with Image.open(picture) as im:
+        assert im.width > 600 and im.height > 240
+    # the default split is the config's training split; --root replaces data.root
+    assert main(["data", "check", str(config), "--root", str(tmp_path / "data")]) == 0
+    assert "folder train: 1 samples OK" in capsys.readouterr().out
+    assert not list((tmp_path / "data").rglob("*check*"))  # nothing written into the data
+
+
+def test_check_a_config_stops_at_the_first_bad_file_in_one_line(tmp_path, capsys):
+    _folder(tmp_path / "data")
+    config = _configs(tmp_path)
+    bad = np.array(Image.open(tmp_path / "data" / "masks" / "val" / "v2.png"))
+    bad[3, 4] = 7  # 3 classes: neither a class nor ignored
+    Image.fromarray(bad).save(tmp_path / "data" / "masks" / "val" / "v2.png")
+    assert main(["data", "check", str(config), "--split", "val"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "v2.png has values [7]" in err
+    (tmp_path / "data" / "masks" / "val" / "v1.png").unlink()
+    assert main(["data", "check", str(config), "--split", "val"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(r"v1\.jpg has no mask: expected .*v1\.png", err)
+
+
+def test_check_never_writes_into_the_data_folder(tmp_path, capsys):
+    _folder(tmp_path / "data")
+    config = _configs(tmp_path)
+    out = tmp_path / "data" / "masks" / "check.png"
+    assert main(["data", "check", str(config), "--split", "val", "--out", str(out)]) == 1
+    assert "into the data folder" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["data", "check", str(config), "--out", str(tmp_path / "a" / "b.png")]) == 0
+    assert (tmp_path / "a" / "b.png").is_file()
+
+
+def test_check_a_config_with_a_bad_key_or_no_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("data:\n  rooot: x\n")
+    assert main(["data", "check", str(tmp_path / "bad.yaml")]) == 1
+    assert "unknown config key 'data.rooot'" in capsys.readouterr().err
+    assert main(["data", "check", str(tmp_path / "none.yaml")]) == 1
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_check_the_real_stanford_background_config(stanford_dir, cwd, capsys, tmp_path):
+    config = (
+        Path(__file__).resolve().parents[2] / "configs" / "stanford_background" / "baseline.yaml"
+    )
+    args = ["data", "check", str(config), "--root", str(stanford_dir), "--split", "val"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "folder val: 107 samples OK" in out
+    shares = _shares(out)
+    assert list(shares)[:8] == [
+        "sky", "tree", "road", "grass", "water", "building", "mountain", "foreground",
+    ]  # fmt: skip
+    labelled = 100 - shares["(ignored)"]
+    assert 100 * shares["mountain"] / labelled == pytest.approx(1.7, abs=0.05)  # the README's
+    assert (cwd / "data_check_baseline_val.png").is_file()
+    # a copy of a few of its images: one mask with a value out of range, then one missing
+    copy = tmp_path / "copy"
+    names = (stanford_dir / "val.txt").read_text().split()[:3]
+    for sub, ext in (("images", ".jpg"), ("masks", ".png")):
+        (copy / sub / "val").mkdir(parents=True)
+        for name in names:
+            data = (stanford_dir / sub / "val" / f"{name}{ext}").read_bytes()
+            (copy / sub / "val" / f"{name}{ext}").write_bytes(data)
+    (copy / "classes.txt").write_text((stanford_dir / "classes.txt").read_text())
+    args = ["data", "check", str(config), "--root", str(copy), "--split", "val"]
+    assert main(args) == 0
+    assert "folder val: 3 samples OK" in capsys.readouterr().out
+    mask_path = copy / "masks" / "val" / f"{names[1]}.png"
+    mask = np.array(Image.open(mask_path))
+    mask[5, 5] = 8
+    Image.fromarray(mask).save(mask_path)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{names[1]}.png has values [8]" in err
+    mask_path.unlink()
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{names[1]}.jpg has no mask" in err

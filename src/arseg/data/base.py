@@ -26,7 +26,6 @@ __all__ = [
     "apply_transform",
     "check_root",
     "check_same_size",
-    "default_palette",
     "make_label_lut",
     "read_image",
     "read_label",
@@ -142,17 +141,6 @@ def check_same_size(
             f"{dataset}: size mismatch, image {image_path} is {image.shape[0]}x{image.shape[1]} "
             f"but label {label_path} is {label.shape[0]}x{label.shape[1]} (HxW)"
         )
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours (evenly spaced hues) for classes that have none of their own."""
-    import colorsys
-
-    out = []
-    for i in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.75, 0.95)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-    return out
 
 
 def make_label_lut(mapping: Mapping[int, int], size: int = 256) -> tuple[np.ndarray, np.ndarray]:

@@ -5,18 +5,38 @@ Examples::
     arseg data prepare nyuv2 --mat nyu_depth_v2_labeled.mat --splits splits.mat \\
         --mapping classMapping40.mat --out data/nyuv2
     arseg data check camvid --root ../shared/data/camvid --split val
+    arseg data check configs/stanford_background/baseline.yaml --split val --out check.png
     arseg data list
+
+``arseg data check CONFIG.yaml`` checks the data section of a run config exactly as a run
+resolves it (``_base_`` files, defaults, a relative root): reading configs is the engine's
+(floor 2), so the engine's command module hands its reader to this one
+(:func:`set_config_reader`) and the data floor never imports it.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 # Names for --help only (building the parser must not import the datasets: torch); the
 # registry checks the name and lists the valid ones when it is wrong.
-_DATASET_NAMES = "camvid, cityscapes, nyuv2, synthetic"
+_DATASET_NAMES = "camvid, cityscapes, folder, nyuv2, synthetic"
+
+# (config path, root or None, split or None) -> {"name", "root", "split", "options"}: set by
+# arseg.engine.cli when it registers its commands.
+_config_reader: Callable[[str, str | None, str | None], dict[str, Any]] | None = None
+
+
+def set_config_reader(reader: Callable[[str, str | None, str | None], dict[str, Any]]) -> None:
+    """Let ``arseg data check CONFIG`` read run configs with ``reader``: ``(config path, root
+    or None, split or None) -> {"name", "root", "split", "options"}``, the arguments of
+    :func:`arseg.data.build_dataset` for the split a run of that config reads."""
+    global _config_reader
+    _config_reader = reader
 
 
 def _fail(err: Exception) -> int:
@@ -51,13 +71,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     check = sub.add_parser(
         "check",
-        help="read every sample of a dataset split and report class frequencies",
-        description="Decode every image and label of a split, checking sizes and label "
-        "values; print the pixel share of each class. Exit status 1 on the first bad file.",
+        help="read every sample of a split, report sizes and classes, draw a few",
+        description="Decode every image and mask of a split (of a dataset by name, or of the "
+        "data section of a run config, exactly as the run reads it), checking files, sizes and "
+        "label values; print the image count, the size histogram and each class's pixel share "
+        "and image count, and write a picture of a few images with their masks overlaid. Exit "
+        "status 1 with one line naming the file at the first problem.",
     )
-    check.add_argument("name", help=f"dataset name ({_DATASET_NAMES})")
-    check.add_argument("--root", default=None, help="dataset folder (not for synthetic)")
-    check.add_argument("--split", default="train")
+    check.add_argument(
+        "name",
+        metavar="NAME|CONFIG",
+        help=f"a dataset name ({_DATASET_NAMES}) or a run config (.yaml)",
+    )
+    check.add_argument(
+        "--root", default=None, help="dataset folder (with a config: replaces data.root)"
+    )
+    check.add_argument(
+        "--split",
+        default=None,
+        help="the split to read (default: train, or a config's data.train_split)",
+    )
+    check.add_argument(
+        "--out",
+        default=None,
+        help="the picture (PNG; default: data_check_<name>_<split>.png in the current "
+        "directory); never inside the data folder",
+    )
+    check.add_argument("--no-picture", action="store_true", help="write no picture")
     check.set_defaults(func=_check)
 
 
@@ -82,25 +122,62 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    import numpy as np
+def _is_config(name: str) -> bool:
+    return name.endswith((".yaml", ".yml")) or Path(name).is_file()
 
+
+def _check(args: argparse.Namespace) -> int:
     from .base import DatasetError
+    from .check import check_split, format_report, write_picture
     from .registry import build_dataset
 
     try:
-        ds = build_dataset(args.name, root=args.root, split=args.split)
-        counts = np.zeros(256, dtype=np.int64)
-        start = time.perf_counter()
-        for i in range(len(ds)):
-            _, target = ds.load(i)
-            counts += np.bincount(target.ravel(), minlength=256)
-        elapsed = time.perf_counter() - start
-    except (FileNotFoundError, DatasetError, ValueError) as err:
+        if _is_config(args.name):
+            if _config_reader is None:
+                raise ValueError(
+                    f"reading the config {args.name} needs arseg's engine (pip install 'arseg[train]')"
+                )
+            spec = _config_reader(args.name, args.root, args.split)
+            label = Path(args.name).stem
+        else:
+            spec = {"name": args.name, "root": args.root, "split": args.split or "train"}
+            spec["options"], label = {}, args.name
+        dataset = build_dataset(
+            spec["name"], root=spec["root"], split=spec["split"], **spec["options"]
+        )
+        out = None
+        if not args.no_picture:
+            out = Path(args.out or f"data_check_{label}_{spec['split']}.png").expanduser()
+            root = getattr(dataset, "root", None)
+            if root is not None and out.resolve().is_relative_to(Path(root).resolve()):
+                raise ValueError(
+                    f"the picture {out} would be written into the data folder {root}: give "
+                    "--out a path outside it"
+                )
+        report = check_split(dataset, progress=sys.stderr.isatty())
+    except (FileNotFoundError, DatasetError, ValueError, TypeError) as err:
         return _fail(err)
-    total = max(int(counts.sum()), 1)
-    print(f"{args.name} {args.split}: {len(ds)} samples OK, read in {elapsed:.1f} s")
-    for c, name in enumerate(ds.classes):
-        print(f"  {c:3d} {name:<20s} {100 * counts[c] / total:6.2f} %")
-    print(f"  255 {'(ignored)':<20s} {100 * counts[255] / total:6.2f} %")
+    title = f"{spec['name']} {spec['split']}"
+    if label != args.name:  # a config
+        title = f"{args.name}: {title}"
+    print(format_report(report, title))
+    where = [f"root {dataset.root}"] if getattr(dataset, "root", None) is not None else []
+    if getattr(dataset, "list_file", None) is not None:
+        where.append(f"names from {dataset.list_file}")
+    elif getattr(dataset, "img_dir", None) is not None:
+        where.append(f"every image of {dataset.img_dir}")
+    if where:
+        print("  " + "; ".join(where))
+    if out is not None:
+        names = [_sample_name(dataset, i) for i, _, _ in report.samples]
+        try:
+            write_picture(report, out, getattr(dataset, "palette", None), names, title)
+        except OSError as err:
+            return _fail(OSError(f"cannot write the picture {out}: {err.strerror or err}"))
+        print(f"picture: {out}")
     return 0
+
+
+def _sample_name(dataset: Any, index: int) -> str:
+    name = getattr(dataset, "sample_name", None)
+    return name(index) if name is not None else f"#{index}"

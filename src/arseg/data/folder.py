@@ -46,11 +46,11 @@ from .base import (
     PairedImageDataset,
     check_root,
     check_same_size,
-    default_palette,
     read_image,
     read_label,
     read_pair_list,
 )
+from .colors import default_palette
 from .registry import register_dataset
 from .transforms import IGNORE_INDEX
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["expected_errors", "fail", "register"]
+__all__ = ["data_check_spec", "expected_errors", "fail", "register"]
 
 _OVERRIDES_HELP = (
     "config overrides as dotted key=value pairs, e.g. optim.lr=0.02 trainer.max_epochs=10 "
@@ -334,8 +334,26 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_check_spec(config: str, root: str | None, split: str | None) -> dict[str, Any]:
+    """The dataset a run of ``config`` reads for ``split`` (default: its training split), as
+    ``build_dataset``'s arguments: what ``arseg data check CONFIG`` checks. ``root`` (relative to
+    the current directory) replaces ``data.root``."""
+    from .config import load_config
+    from .datamodule import dataset_arguments
+
+    cfg = load_config(config)
+    if root is not None:
+        cfg["data"]["root"] = str(Path(root).expanduser())
+    split = split or cfg["data"]["train_split"]
+    return dataset_arguments(cfg, split, training=split == cfg["data"]["train_split"])
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add ``fit``, ``finetune``, ``eval``, ``predict``, ``demo`` and ``config`` to the parser."""
+    """Add ``fit``, ``finetune``, ``eval``, ``predict``, ``demo`` and ``config`` to the parser,
+    and hand ``arseg data check`` the config reader (:func:`data_check_spec`)."""
+    from arseg.data.cli import set_config_reader
+
+    set_config_reader(data_check_spec)
     p = _add_parser(
         subparsers,
         "fit",

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import colorsys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 from arseg.data.base import read_image
+from arseg.data.colors import colorize, default_palette, overlay
 
 from .checkpoint import find_checkpoint, load_checkpoint, load_model
 from .inference import predict_logits
@@ -18,31 +17,6 @@ from .inference import predict_logits
 __all__ = ["colorize", "default_palette", "overlay", "predict_paths"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def default_palette(num_classes: int) -> list[tuple[int, int, int]]:
-    """Distinct colours (evenly spaced hues) when a checkpoint carries no palette."""
-    out = []
-    for i in range(num_classes):
-        r, g, b = colorsys.hsv_to_rgb(i / max(num_classes, 1), 0.75, 0.95)
-        out.append((int(r * 255), int(g * 255), int(b * 255)))
-    return out
-
-
-def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """(H, W) class ids -> (H, W, 3) uint8 RGB; ids outside the palette (e.g. 255) are black."""
-    lut = np.zeros((256, 3), dtype=np.uint8)
-    lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
-    return lut[labels.astype(np.uint8)]
-
-
-def overlay(image: np.ndarray, color: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend an RGB image with a colour label map."""
-    return (
-        (image.astype(np.float32) * (1 - alpha) + color.astype(np.float32) * alpha)
-        .round()
-        .astype(np.uint8)
-    )
 
 
 def _list_inputs(inputs: Path) -> list[Path]:
