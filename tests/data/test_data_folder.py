@@ -166,7 +166,7 @@ def test_rgb_masks_through_the_colour_table(tmp_path):
     assert np.array_equal(ds[0][1].numpy(), expected)
     assert ds.palette == colors  # the display colours default to the mask colours
     # without the table an RGB mask is refused, and the error says what to set
-    with pytest.raises(DatasetError, match="single-channel.*data.options.mask_colors"):
+    with pytest.raises(DatasetError, match=r"single-channel.*data\.options\.mask_colors"):
         build_dataset("folder", root=tmp_path, split="train", classes=CLASSES)[0]
     # a colour missing from the table: the file, the colour and where it is
     _rgb_folder(tmp_path / "b", colors, extra=((1, 2), (9, 9, 9)))

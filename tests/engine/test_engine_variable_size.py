@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from torch import nn
 
 from arseg.engine.config import load_config
