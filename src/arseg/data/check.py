@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,14 +111,15 @@ def check_split(dataset: Any, keep: int = 6, progress: bool = False) -> SplitRep
     )
 
 
-def format_report(report: SplitReport, title: str) -> str:
-    """The lines ``arseg data check`` prints: count, sizes, then a line per class."""
+def format_report(report: SplitReport, title: str, notes: Sequence[str] = ()) -> str:
+    """The lines ``arseg data check`` prints: count, ``notes``, sizes, then a line per class."""
     sizes = [f"{h}x{w}: {k}" for (h, w), k in list(report.sizes.items())[:_SIZES_SHOWN]]
     rest = list(report.sizes.values())[_SIZES_SHOWN:]
     if rest:
         sizes.append(f"and {len(rest)} more sizes ({sum(rest)} images)")
     lines = [
         f"{title}: {report.num_images} samples OK, read in {report.seconds:.1f} s",
+        *notes,
         f"sizes (HxW): {', '.join(sizes)}",
         f"  {'id':>3} {'class':<20s} {'pixels':>8}  {'images':>6}",
     ]

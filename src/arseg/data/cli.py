@@ -160,14 +160,12 @@ def _check(args: argparse.Namespace) -> int:
     title = f"{spec['name']} {spec['split']}"
     if label != args.name:  # a config
         title = f"{args.name}: {title}"
-    print(format_report(report, title))
     where = [f"root {dataset.root}"] if getattr(dataset, "root", None) is not None else []
     if getattr(dataset, "list_file", None) is not None:
         where.append(f"names from {dataset.list_file}")
     elif getattr(dataset, "img_dir", None) is not None:
         where.append(f"every image of {dataset.img_dir}")
-    if where:
-        print("  " + "; ".join(where))
+    print(format_report(report, title, ["; ".join(where)] if where else []))
     if out is not None:
         names = [_sample_name(dataset, i) for i, _, _ in report.samples]
         try:
