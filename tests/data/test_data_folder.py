@@ -270,3 +270,11 @@ def test_real_stanford_background_loader_crops_every_size(stanford_dir):
     image, target = ds[portrait]
     assert image.shape == (3, 240, 320) and target.shape == (240, 320)
     assert set(target.unique().tolist()) <= {*range(8), 255}
+
+
+def test_an_unknown_option_lists_the_valid_ones(tmp_path):
+    make_folder(tmp_path)
+    with pytest.raises(
+        ValueError, match=r"folder: unknown option 'img_dirr'; valid options: img_dir"
+    ):
+        build_dataset("folder", root=tmp_path, split="val", img_dirr="x")

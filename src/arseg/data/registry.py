@@ -85,4 +85,21 @@ def build_dataset(
         raise ValueError(
             f"unknown dataset {name!r}; available: {', '.join(list_datasets())}"
         ) from None
+    _check_options(name, factory, options)
     return factory(root=root, split=split, transform=transform, **options)
+
+
+def _check_options(name: str, factory: Callable[..., Dataset], options: dict[str, Any]) -> None:
+    """An option the dataset does not take is a one-line error listing those it takes."""
+    import inspect
+
+    params = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k in params if k not in ("root", "split", "transform", "self")]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(
+            f"{name}: unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}"
+            f"; valid options: {', '.join(valid) or 'none'}"
+        )
