@@ -57,9 +57,9 @@ def test_default_layout_reads_every_image_with_its_mask(tmp_path):
 
 def test_list_file_names_with_or_without_extension(tmp_path):
     make_folder(tmp_path)
-    (tmp_path / "val.txt").write_text("i02.jpg\n\ni00\n")
-    ds = build_dataset("folder", root=tmp_path, split="val")
-    assert [ds.sample_name(i) for i in range(len(ds))] == ["i02", "i00"]  # the list's order
+    (tmp_path / "val.txt").write_text("i02.jpg\n\ni00\ni01.png\n")  # i01.png: its mask's name
+    ds = build_dataset("folder", root=tmp_path, split="val", img_suffix=".jpg")
+    assert [ds.sample_name(i) for i in range(len(ds))] == ["i02", "i00", "i01"]  # the list's order
     assert ds.list_file == tmp_path / "val.txt"
     (tmp_path / "val.txt").write_text("i00\ni07\n")
     with pytest.raises(FileNotFoundError, match=r"val\.txt line 2 names 'i07' but no image"):

@@ -358,7 +358,8 @@ class FolderDataset(PairedImageDataset):
             entry = line.strip()
             if not entry:
                 continue
-            stem = self._strip_suffix(entry, self.img_suffixes) or entry
+            suffixes = (*self.img_suffixes, self.seg_map_suffix)  # a.jpg or a.png: a
+            stem = self._strip_suffix(entry, suffixes) or entry
             image = next(
                 (
                     self.img_dir / f"{stem}{s}"
