@@ -19,7 +19,7 @@ import datetime as _dt
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +36,11 @@ from arseg.analysis.figures import (
 from arseg.analysis.runs import Run, RunError
 from arseg.analysis.trend import curve_data, trend_of_run, warn
 
-__all__ = ["ReportPaths", "build_report"]
+__all__ = ["ReportPage", "ReportPaths", "build_report"]
 
 
 # --------------------------------------------------------------------- page builder
-class _Page:
+class ReportPage:
     """Appends the same content to an HTML body and a Markdown document."""
 
     def __init__(self, fig_dir: Path, md_dir: Path) -> None:
@@ -185,6 +185,7 @@ def build_report(
     scales=(12, 6),
     checkpoint: str = "best",
     data_root: str | Path | None = None,
+    sections: Callable[[ReportPage], None] | None = None,
 ) -> ReportPaths:
     """Write ``out_dir/report.html`` (self-contained), ``out_dir/report.md`` and its figures.
 
@@ -201,6 +202,8 @@ def build_report(
         checkpoint: ``best`` or ``last``: whose evaluation is read (``RUN/eval/<split>-last``
             for last) and which checkpoint draws the heat maps and overlays.
         data_root: the dataset root for the heat maps and overlays, if it moved since training.
+        sections: adds sections of the caller's (e.g. an arena's answer) to the page, right
+            after its title.
     """
     from arseg import __version__
     from arseg.analysis.runs import distinct_labels, load_run
@@ -219,7 +222,7 @@ def build_report(
         run.label = label
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = _Page(out_dir / "figures", out_dir)
+    page = ReportPage(out_dir / "figures", out_dir)
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
     page.heading(title, 1)
@@ -228,6 +231,8 @@ def build_report(
         f"Evaluation results (`arseg eval`): split {runs[0].eval_split!r}, "
         f"{runs[0].eval_checkpoint} checkpoint."
     )
+    if sections is not None:
+        sections(page)
 
     # runs and configs
     page.heading("Runs")
@@ -412,7 +417,7 @@ def build_report(
 
 
 def _image_sections(
-    page: _Page,
+    page: ReportPage,
     runs: Sequence[Run],
     *,
     num_images: int,

@@ -22,6 +22,9 @@ __all__ = [
     "ClusterSettings",
     "StudyConfig",
     "StudyError",
+    "check_cluster",
+    "check_overrides",
+    "check_study",
     "load_study_config",
     "record_study",
     "recorded_study",
@@ -141,7 +144,8 @@ def _positive_int(where: str, key: str, value: Any, *, minimum: int = 1) -> int:
     return value
 
 
-def _overrides(where: str, value: Any) -> dict[str, Any]:
+def check_overrides(where: str, value: Any) -> dict[str, Any]:
+    """Config overrides ``{dotted key: value}`` (``None``: none); one line naming ``where``."""
     value = value or {}
     if not isinstance(value, dict):
         raise StudyError(f"{where} must be a mapping of dotted config keys, got {value!r}")
@@ -167,11 +171,13 @@ def _arm(where: str, name: Any, arm: Any) -> Arm:
     return Arm(
         label=str(arm.get("label", name)),
         seeds=list(seeds),
-        overrides=_overrides(f"{where}: arm {name!r} overrides", arm.get("overrides")),
+        overrides=check_overrides(f"{where}: arm {name!r} overrides", arm.get("overrides")),
     )
 
 
-def _cluster(where: str, value: Any) -> ClusterSettings | None:
+def check_cluster(where: str, value: Any) -> ClusterSettings | None:
+    """A ``cluster`` section as :class:`ClusterSettings` (``None``: none); one line naming
+    ``where``."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -218,8 +224,8 @@ def _from_mapping(raw: dict[str, Any], where: str, base: Path | None) -> StudyCo
             where, "report_num_images", raw.get("report_num_images", 3), minimum=0
         ),
         n_boot=_positive_int(where, "n_boot", raw.get("n_boot", 10_000)),
-        overrides=_overrides(f"{where}: overrides", raw.get("overrides")),
-        cluster=_cluster(where, raw.get("cluster")),
+        overrides=check_overrides(f"{where}: overrides", raw.get("overrides")),
+        cluster=check_cluster(where, raw.get("cluster")),
     )
     if study.control not in study.arms:
         raise StudyError(
@@ -250,21 +256,27 @@ def load_study_config(path: str | Path) -> StudyConfig:
     if not isinstance(raw, dict):
         raise StudyError(f"{path}: a study config is a mapping, got {type(raw).__name__}")
     study = _from_mapping(raw, str(path), base=path.parent)
+    check_study(study, str(path))
+    return study
+
+
+def check_study(study: StudyConfig, where: str) -> None:
+    """Check that the baseline and fine-tune exist and that every run config resolves (one
+    :class:`StudyError` line starting with ``where`` otherwise); nothing is written."""
     baseline = Path(study.baseline)
     if baseline.is_dir():  # a finished run to fine-tune from
         if not RunDir(baseline).config.is_file() or not RunDir(baseline).best_ckpt.is_file():
             raise StudyError(
-                f"{path}: baseline {baseline} is a directory but not a finished run "
+                f"{where}: baseline {baseline} is a directory but not a finished run "
                 "(it needs config.yaml and checkpoints/best.ckpt)"
             )
     elif not baseline.is_file():
-        raise StudyError(f"{path}: baseline config {baseline} does not exist")
+        raise StudyError(f"{where}: baseline config {baseline} does not exist")
     if not Path(study.finetune).is_file():
-        raise StudyError(f"{path}: finetune config {study.finetune} does not exist")
+        raise StudyError(f"{where}: finetune config {study.finetune} does not exist")
     for arm_name, arm in study.arms.items():
         run_config(study, Path("/nonexistent"), arm_name, arm.seeds[0])
     run_config(study, Path("/nonexistent"))
-    return study
 
 
 def _override_strings(overrides: dict[str, Any]) -> list[str]:
@@ -339,19 +351,31 @@ def _added_runs(previous: StudyConfig, study: StudyConfig) -> str | None:
     return ", ".join(added) or None
 
 
+#: An arena's records in its study directory (:mod:`arseg.study.arena`): the resolved arena,
+#: and its plan's timings.
+ARENA_FILE = "arena.json"
+PLAN_FILE = "arena_plan.json"
+# What a study directory may hold before its study.yaml: the lock, and an arena's records
+# (written first).
+_BEFORE_STUDY_YAML = {rundir.LOCK_NAME, ARENA_FILE, PLAN_FILE}
+
+
 def refuse_foreign(out: Path) -> None:
     """Refuse an ``--out`` that holds something else than a study (before anything is written)."""
     if (out / "study.yaml").is_file() or not out.exists():
         return
-    if any(p.name != rundir.LOCK_NAME for p in out.iterdir()):
+    if any(p.name not in _BEFORE_STUDY_YAML for p in out.iterdir()):
         raise StudyError(f"{out} exists and holds no study.yaml: choose another --out")
 
 
-def record_study(study: StudyConfig, config_path: Path, out: Path) -> None:
+def record_study(
+    study: StudyConfig, config_path: Path, out: Path, *, command: str | None = None
+) -> None:
     """Record the study config in ``out``; refuse a directory that holds another study.
 
     A config that only adds seeds or arms extends the recorded study; one that only changes
-    where the runs execute (``cluster``) continues it.
+    where the runs execute (``cluster``) continues it. ``command``: the command line written
+    as the record's first comment (default: the ``arseg study`` that reads ``config_path``).
     """
     import yaml
 
@@ -377,7 +401,7 @@ def record_study(study: StudyConfig, config_path: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tmp = recorded.with_suffix(".tmp")
     tmp.write_text(
-        f"# arseg study {config_path} --out {out}\n"
+        f"# {command or f'arseg study {config_path} --out {out}'}\n"
         + yaml.safe_dump(study.as_dict(), sort_keys=False)
     )
     os.replace(tmp, recorded)

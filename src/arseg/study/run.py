@@ -25,7 +25,7 @@ from .config import (
 from .runner import Job, LocalRunner, Runner, plan_jobs
 from .table import analyse, provenance_line
 
-__all__ = ["make_runner", "run_study"]
+__all__ = ["make_runner", "run_jobs", "run_study"]
 
 # What a run directory given as the baseline lends the study: read through symlinks, so its
 # evaluation (and nothing else) is written into the study's own ``baseline`` folder and the
@@ -140,6 +140,22 @@ def run_study(
 def _run(
     study: StudyConfig, out: Path, eval_split: str | None, data_root: str | None
 ) -> dict[str, Any]:
+    split = run_jobs(study, out, eval_split=eval_split, data_root=data_root)
+    return analyse(study, out, split)
+
+
+def run_jobs(
+    study: StudyConfig,
+    out: Path,
+    *,
+    eval_split: str | None = None,
+    data_root: str | None = None,
+    announce: bool = True,
+) -> str:
+    """Run every job of a recorded study that has not finished (the caller holds ``out``'s
+    lock); returns the split evaluated. With ``eval_split``, every run, finished before, is
+    evaluated on that split without training. ``announce``: print the provenance and the
+    study's one-line plan first."""
     if study.baseline_is_run:
         prepare_baseline_view(study, out)
     baseline, finetunes = plan_jobs(study, out)
@@ -149,14 +165,15 @@ def _run(
     retarget = eval_split is not None
     jobs = [baseline, *finetunes]
     runner = make_runner(study, out, total=len(jobs), split=split)
-    print(provenance_line(), flush=True)
-    arm_counts = ", ".join(f"{a} x{len(s.seeds)}" for a, s in study.arms.items())
-    where = "" if study.cluster is None else f" through submitit ({study.cluster.executor})"
-    print(
-        f"study {study.name}: 1 baseline + {len(finetunes)} fine-tunes ({arm_counts}), "
-        f"{study.parallel} side by side, {study.threads} threads in all{where}; output {out}",
-        flush=True,
-    )
+    if announce:
+        print(provenance_line(), flush=True)
+        arm_counts = ", ".join(f"{a} x{len(s.seeds)}" for a, s in study.arms.items())
+        where = "" if study.cluster is None else f" through submitit ({study.cluster.executor})"
+        print(
+            f"study {study.name}: 1 baseline + {len(finetunes)} fine-tunes ({arm_counts}), "
+            f"{study.parallel} side by side, {study.threads} threads in all{where}; output {out}",
+            flush=True,
+        )
 
     def on_signal(signum: int, _frame: Any) -> None:
         runner.stop()
@@ -204,4 +221,4 @@ def _run(
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    return analyse(study, out, split)
+    return split

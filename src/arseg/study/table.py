@@ -17,7 +17,7 @@ from arseg.rundir import RunDir, write_json
 
 from .config import StudyConfig, StudyError
 
-__all__ = ["analyse", "provenance_line", "study_table"]
+__all__ = ["AnalysisErrors", "analyse", "compare_arms", "provenance_line", "study_table"]
 
 
 def provenance_line() -> str:
@@ -34,8 +34,9 @@ def provenance_line() -> str:
     )
 
 
-class _Errors:
-    """Error lines of the analysis, each shown once (a damaged file is named once)."""
+class AnalysisErrors:
+    """Error lines of an analysis, each shown once (a damaged file is named once): ``damaged``
+    files and ``failed`` steps."""
 
     def __init__(self) -> None:
         self.seen: set[str] = set()
@@ -49,8 +50,15 @@ class _Errors:
             print(line, file=sys.stderr, flush=True)
 
 
-def _compare(study: StudyConfig, out: Path, split: str, errors: _Errors) -> dict[str, Any]:
-    """Every arm against the control at both checkpoints: ``{"<arm>/<checkpoint>": cmp}``."""
+def compare_arms(
+    study: StudyConfig,
+    out: Path,
+    split: str,
+    errors: AnalysisErrors,
+    checkpoints: tuple[str, ...] = ("best", "last"),
+) -> dict[str, Any]:
+    """Every arm against the control at each checkpoint: ``{"<arm>/<checkpoint>": cmp}``
+    (written to ``OUT/compare/<split>/``; a failed one is named in ``errors``)."""
     from arseg.analysis.compare import compare_runs, format_comparison
     from arseg.analysis.runs import expand_run_group
 
@@ -61,7 +69,7 @@ def _compare(study: StudyConfig, out: Path, split: str, errors: _Errors) -> dict
     for arm in study.arms:
         if arm == control:
             continue
-        for checkpoint in ("best", "last"):
+        for checkpoint in checkpoints:
             json_path = cmp_dir / f"{arm}_vs_{control}_{checkpoint}.json"
             try:
                 cmp = compare_runs(
@@ -98,7 +106,7 @@ def _trends(study: StudyConfig, out: Path) -> None:
         write_json(trend_dir / f"{arm}.json", report.as_dict())
 
 
-def _report(study: StudyConfig, out: Path, split: str, errors: _Errors) -> None:
+def _report(study: StudyConfig, out: Path, split: str, errors: AnalysisErrors) -> None:
     """The report of the baseline and each arm's first seed."""
     from arseg.analysis.report import build_report
 
@@ -135,14 +143,14 @@ def analyse(study: StudyConfig, out: Path, split: str) -> dict[str, Any]:
     """
     from arseg.engine.records import damaged_records
 
-    errors = _Errors()
+    errors = AnalysisErrors()
     runs = [study.run_dir(out)]
     runs += [study.run_dir(out, arm, s) for arm, spec in study.arms.items() for s in spec.seeds]
     for run in runs:  # every record of every run, also those no step below reads
         for problem in damaged_records(run):
             errors.show(problem)
             errors.damaged.append(problem)
-    comparisons = _compare(study, out, split, errors)
+    comparisons = compare_arms(study, out, split, errors)
     _trends(study, out)
     _report(study, out, split, errors)
     table = study_table(study, out, split, comparisons)
