@@ -124,8 +124,8 @@ def test_parse_overrides_nests():
 
 @pytest.mark.parametrize(
     "path",
-    # study configs (arseg study) have their own schema and tests
-    sorted(p for p in CONFIGS.rglob("*.yaml") if not p.stem.endswith("study")),
+    # study and arena configs (arseg study, arseg arena) have their own schema and tests
+    sorted(p for p in CONFIGS.rglob("*.yaml") if not p.stem.endswith(("study", "arena"))),
     ids=lambda p: str(p.relative_to(CONFIGS)),
 )
 def test_shipped_configs_load(path):

@@ -331,3 +331,41 @@ def test_a_confirm_split_states_the_answer_on_the_picked_weights_only(
     assert "gain on test [95% CI]" in text and "only the picked weights" in text
     compared = sorted(p.name for p in (out / "compare" / "test").glob("*.json"))
     assert compared == ["ar_3_vs_ce_best.json", "dice_1_vs_ce_best.json"]
+
+
+def _shared_peak(root: Path) -> Path:
+    import os
+
+    peak = root.parents[3] / "shared" / "checkpoints" / "camvid_efflite0_peak"
+    if not peak.is_dir():
+        if os.environ.get("ARSEG_REQUIRE_CAMVID"):
+            pytest.fail(f"the shared CE peak {peak} is missing")
+        pytest.skip(f"the shared CE peak {peak} is not here")
+    return peak
+
+
+def test_the_camvid_arena_config_is_the_defaults_and_resolves(tmp_path) -> None:
+    from arseg.study.config import check_study
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "pretrained"
+    peak = _shared_peak(root)
+    arena, _, _ = resolve_arena(root / "default_arena.yaml", out=tmp_path / "out")
+    assert arena.baseline == str(peak.resolve())
+    assert arena.terms == {t: list(w) for t, w in DEFAULT_LADDERS.items()}
+    assert arena.seeds == [1, 2, 3]
+    check_study(arena.study(), "default_arena.yaml")  # all 14 arms resolve
+
+
+def test_the_precision_check_study_resolves_from_the_shared_peak() -> None:
+    from arseg.study import load_study_config
+    from arseg.study.config import run_config
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "pretrained"
+    _shared_peak(root)
+    study = load_study_config(root / "precision_check_study.yaml")
+    assert set(study.arms) == {"ce", "lovasz", "ce_bf16", "lovasz_bf16"}
+    assert all(a.seeds == [1, 2, 3] for a in study.arms.values())
+    cfg = run_config(study, Path("out"), "lovasz_bf16", 1)
+    assert cfg["trainer"]["precision"] == "bf16-mixed" and cfg["data"]["crop_size"] == [180, 240]
+    assert cfg["loss"]["terms"]["lovasz"]["weight"] == 1.0
+    assert run_config(study, Path("out"), "lovasz", 1)["trainer"]["precision"] == "32-true"

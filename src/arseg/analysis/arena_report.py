@@ -157,11 +157,10 @@ def _table_rows(markdown: str) -> tuple[list[str], list[list[str]]]:
 
 def _notes(markdown: str) -> list[str]:
     """The answer's paragraphs below its table (the recommendation excluded)."""
-    after = markdown.split("\n\n")
     return [
-        p.strip()
-        for p in after
-        if p.strip() and not p.startswith(("|", "#", "answer:")) and "CE only: mIoU" not in p
+        line.strip()
+        for line in markdown.splitlines()
+        if line.strip() and not line.startswith(("|", "#", "answer:"))
     ]
 
 
