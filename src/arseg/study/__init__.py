@@ -50,6 +50,9 @@ Where the runs execute: on this machine (worker processes, ``parallel`` at a tim
       executor: slurm
       parameters: {timeout_min: 120, slurm_partition: gpu, gpus_per_node: 1, cpus_per_task: 8}
 
+``arseg arena`` (:mod:`~arseg.study.arena`) builds a study itself: CE only and every structural
+loss term at every weight of its ladder, and answers which term to add, at which weight.
+
 The package is a floor above :mod:`arseg.engine` and :mod:`arseg.analysis`:
 :mod:`~arseg.study.config` (the study config), :mod:`~arseg.study.runner` and
 :mod:`~arseg.study.worker` and :mod:`~arseg.study.cluster` (where and how runs execute), :mod:`~arseg.study.table` (the
