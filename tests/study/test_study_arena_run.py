@@ -156,7 +156,7 @@ def test_the_issue_arena_of_ten_fine_tunes_confirmed_on_test(tmp_path) -> None:
     )
     stdout = _finish(proc, timeout=1800)
     assert proc.returncode == 0, stdout
-    lines = stdout.splitlines()
+    lines = stdout.strip().splitlines()
     plan = next(i for i, line in enumerate(lines) if line.startswith("arena: "))
     assert "1 baseline + 10 fine-tunes (CE only + 2 terms x 2 weights, seeds 1-2)" in lines[plan]
     assert "confirmed on test" in lines[plan]

@@ -2,8 +2,9 @@
 
 A few training steps of the recipe are timed in this process (CE only, then each term at its
 first weight, on batches of the recipe's own training pipeline, at the threads one run gets),
-and one evaluation batch; the estimate scales them by the steps and evaluations of a fine-tune,
-the runs left and how many run side by side. It stays within about a minute: terms left untimed
+and one evaluation batch, while a process beside them times what a worker imports before it
+trains; the estimate scales them by the steps and evaluations of a fine-tune, the runs left and
+how many run side by side. It stays within about a minute: terms left untimed
 when the budget is spent are assumed to cost what CE only does (and the plan says so). The
 timings are kept in ``DIR/arena_plan.json``: the answer's cost per step relative to CE only.
 """
@@ -24,7 +25,7 @@ from .runner import plan_jobs
 
 __all__ = ["PLAN_FILE", "Plan", "estimate_text", "plan_arena", "time_recipe"]
 
-_PROCESS_S = 5.0  # a worker's start: python, torch and Lightning imported
+_START_TIMEOUT_S = 60.0  # a worker's imports are timed this long at most
 _TIMED_STEPS = 2  # timed steps of each term (after one that warms up)
 
 
@@ -39,6 +40,36 @@ class Plan:
     step_s: dict[str, float] = field(default_factory=dict)  # "ce" and each term -> one step
     untimed: list[str] = field(default_factory=list)
     record: dict[str, Any] = field(default_factory=dict)
+
+
+class _WorkerStart:
+    """Times what a study worker imports before it trains (python, torch, Lightning, the
+    engine), in a process of its own, started at once and read when :meth:`seconds` is called."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+
+        code = "import arseg.engine.train, arseg.engine.evaluation"
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def seconds(self) -> float:
+        import subprocess
+
+        try:
+            self.proc.wait(timeout=max(0.0, _START_TIMEOUT_S - (time.perf_counter() - self.start)))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return time.perf_counter() - self.start
 
 
 def estimate_text(seconds: float) -> str:
@@ -75,6 +106,27 @@ def _batches(cfg: dict[str, Any], n: int) -> tuple[list[tuple[Any, Any]], int, i
     return batches, int(dataset.num_classes), len(dataset)
 
 
+def _train_step(module, optimizer, lambdas, bf16: bool, x, y, device) -> float:
+    """One training step (forward, objective, backward, SGD); its seconds."""
+    import torch
+
+    x, y = x.to(device), y.to(device)
+    if module.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = module.model(x)
+        logits = out[0] if isinstance(out, (tuple, list)) else out
+        logits = getattr(logits, "logits", logits)
+        total, _ce, _values = module.criterion(logits, y, lambdas)
+    total.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def time_recipe(
     cfgs: Mapping[str, dict[str, Any]],
     *,
@@ -83,7 +135,8 @@ def time_recipe(
     threads: int = 1,
 ) -> dict[str, Any]:
     """Time training steps of each run config (the first is always timed; the others while
-    ``budget_s`` lasts) and one evaluation batch of the first.
+    ``budget_s`` lasts), interleaved after one warm-up step each, and one evaluation batch of
+    the first.
 
     Returns ``{"step_s": {name: median seconds}, "image_s": seconds per evaluated image,
     "build_s": seconds to build the network, "train_samples", "val_samples", "device"}``.
@@ -101,11 +154,11 @@ def time_recipe(
     torch.set_num_threads(threads)
     try:
         batches, num_classes, n_train = _batches(first, steps + 1)
-        step_s: dict[str, float] = {}
-        builds = []
-        module = None
-        for name, cfg in cfgs.items():
-            if step_s and time.perf_counter() - start > budget_s:
+        built: dict[str, tuple[Any, Any, dict[str, float], bool]] = {}
+        builds, warm = [], []
+        for name, cfg in cfgs.items():  # each built and stepped once (warm-up) within budget
+            expected = (len(built) + 1) * steps * (statistics.mean(warm) if warm else 0.0)
+            if built and time.perf_counter() - start + expected > budget_s:
                 break
             cfg = {
                 **cfg,
@@ -116,31 +169,18 @@ def time_recipe(
             builds.append(time.perf_counter() - t0)
             module.train()
             optimizer = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9)
-            lambdas = term_weights(module.terms, 0, 100)
             bf16 = str(cfg["trainer"]["precision"]).startswith("bf16")
-            times = []
-            for i, (x, y) in enumerate(batches):
-                x, y = x.to(device), y.to(device)
-                if module.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                t0 = time.perf_counter()
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    out = module.model(x)
-                    logits = out[0] if isinstance(out, (tuple, list)) else out
-                    logits = getattr(logits, "logits", logits)
-                    total, _ce, _values = module.criterion(logits, y, lambdas)
-                total.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if i:  # the first step warms up
-                    times.append(time.perf_counter() - t0)
-            step_s[name] = statistics.median(times)
+            built[name] = (module, optimizer, term_weights(module.terms, 0, 100), bf16)
+            warm.append(_train_step(*built[name], *batches[0], device))
+        times: dict[str, list[float]] = {name: [] for name in built}
+        for r in range(steps):  # interleaved, the order turned each round: load hits all alike
+            for name in list(built)[:: 1 if r % 2 == 0 else -1]:
+                times[name].append(_train_step(*built[name], *batches[r + 1], device))
+        step_s = {name: statistics.median(values) for name, values in times.items()}
+        module = built[next(iter(built))][0]
         val = build_eval_dataset({**first, "model": {**first["model"], "num_classes": num_classes}})
         bs = min(int(first["data"]["val_batch_size"]), len(val))
         images = torch.stack([val[i][0] for i in range(bs)]).to(device)
-        assert module is not None
         module.eval()
         with torch.inference_mode():
             module.model(images)  # warm-up
@@ -219,12 +259,18 @@ def plan_arena(
         cfgs[term] = run_config(study, out, arm_name(term, ladder[0]), seed)
     from arseg.engine.cli import expected_errors
 
+    starting = _WorkerStart()  # beside the timed steps: what a worker's imports cost here
     try:
         timing = time_recipe(
             cfgs, steps=_TIMED_STEPS, budget_s=budget_s, threads=study.threads_per_run
         )
-    except expected_errors() as err:
-        raise StudyError(f"the recipe cannot run: {err}") from None
+    except BaseException as err:
+        starting.stop()
+        if isinstance(err, expected_errors()):
+            raise StudyError(f"the recipe cannot run: {err}") from None
+        raise
+    timing_start = starting.seconds()
+    timing["worker_start_s"] = round(timing_start, 1)
     step_s = timing["step_s"]
     untimed = [t for t in arena.terms if t not in step_s]
     control_s = step_s[CONTROL]
@@ -234,7 +280,7 @@ def plan_arena(
 
     def finetune_s(term: str) -> float:
         return (
-            _PROCESS_S
+            timing_start
             + build_s
             + steps * step_s.get(term, control_s)
             + (validations + 2) * per_eval
@@ -242,7 +288,7 @@ def plan_arena(
 
     seconds = 0.0
     if not baseline_done:
-        seconds += _PROCESS_S + per_eval
+        seconds += timing_start + per_eval
         if baseline.trains:
             base_cfg = run_config(study, out)
             b_steps, b_vals = _steps_and_evals(base_cfg, timing["train_samples"])
@@ -252,13 +298,9 @@ def plan_arena(
             seconds += b_vals * per_eval
     terms_of = {arm: term for arm, (term, _w) in arena.arms().items()}
     work = sum(finetune_s(terms_of.get(job.arm, CONTROL)) for job in left)
-    if arena.confirm_split:
-        work += (
-            (1 + len(arena.terms))
-            * len(arena.seeds)
-            * 2
-            * (confirm_images * image_s + build_s + _PROCESS_S)
-        )
+    if arena.confirm_split:  # a worker per run, evaluating its best and last checkpoints
+        jobs = (1 + len(arena.terms)) * len(arena.seeds)
+        work += jobs * (timing_start + 2 * (confirm_images * image_s + build_s))
     seconds += work / study.parallel
     if finished:
         line += f"; {len(finished)} finished earlier"

@@ -122,7 +122,7 @@ def analyse_arena(arena: ArenaConfig, study: StudyConfig, out: Path) -> dict[str
     answer = build_answer(arena, study, comparisons, confirm, plan)
     text = write_answer(out, answer)
     _report(arena, study, out, answer, text, comparisons, confirm, errors)
-    print(text, flush=True)
+    print(text.rstrip("\n"), flush=True)
     if errors.damaged or errors.failed:
         raise StudyError(
             f"the analysis of {out} is incomplete: not made: {', '.join(errors.failed)}; the "
