@@ -7,6 +7,8 @@
 * :mod:`~arseg.analysis.figures` — matplotlib figures (affinity heat maps, curves, overlays).
 * :mod:`~arseg.analysis.affinity` — ``arseg affinity`` (Figure 4 data from models).
 * :mod:`~arseg.analysis.report` — ``arseg report`` (HTML + Markdown).
+* :mod:`~arseg.analysis.arena_report` — the page of ``arseg arena`` (its answer on top of the
+  report).
 
 Sub-modules are imported on first use (``arseg --help`` stays fast), e.g.
 ``from arseg.analysis import paired_bootstrap``.
@@ -34,6 +36,7 @@ _EXPORTS = {
     "compute_affinity_panels": "affinity",
     "affinity_figure": "affinity",
     "build_report": "report",
+    "build_arena_report": "arena_report",
     "trend_of_run": "trend",
 }
 

@@ -259,11 +259,12 @@ def format_answer(answer: Mapping[str, Any]) -> str:
         )
     plan = answer.get("plan") or {}
     if plan.get("step_s"):
+        how = [f"{plan.get('steps_timed', 2)} steps each"]
+        how += [f"{plan['threads']} thread(s)"] if plan.get("threads") else []
+        how += [str(plan[k]) for k in ("device", "timed_at") if plan.get(k)]
         notes.append(
-            f"Cost / step: a training step of the recipe with the term, relative to CE only, "
-            f"timed by the arena's plan ({plan.get('steps_timed', 2)} steps each, "
-            f"{plan.get('threads')} thread(s), {plan.get('device')}, {plan.get('timed_at')}); "
-            "n/a: not timed."
+            "Cost / step: a training step of the recipe with the term, relative to CE only, "
+            f"timed by the arena's plan ({', '.join(how)}); n/a: not timed."
         )
     lines += [*notes, "", recommendation(answer), ""]
     return "\n".join(lines)
