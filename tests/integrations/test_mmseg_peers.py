@@ -125,11 +125,37 @@ def test_calling_conventions_and_errors(registry, name):
         loss(up, label, weight=torch.full(label.squeeze(1).shape, 0.5))
     with pytest.raises(ValueError, match="reduction"):
         loss(up, label, reduction_override="avg")
-    with pytest.raises(ValueError, match="loss_name"):
-        registry.build({**cfg, "loss_name": ""})
     empty = loss(up, torch.full_like(label, 255))
     empty.backward()
     assert empty.item() == 0 and torch.all(logits.grad == 0)
+
+
+@pytest.mark.parametrize("name", ["ARLoss", *PEERS])
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(float("nan"), ValueError), (-1.0, ValueError), ("0.1", TypeError), (None, TypeError)],
+)
+def test_a_loss_weight_that_is_no_finite_number_at_least_0_is_one_line(
+    registry, name, value, error
+):
+    importlib.import_module(MODULE)
+    with pytest.raises(error, match=r"^loss_weight must be a (finite )?number.*, got ") as info:
+        registry.build({"type": name, "loss_weight": value})
+    assert repr(value) in str(info.value) and "\n" not in str(info.value)
+    loss = registry.build({"type": name, "loss_weight": 0})
+    assert loss.loss_weight == 0.0
+    with pytest.raises(error, match="loss_weight"):  # a hook that sets it is checked too
+        loss.loss_weight = value
+
+
+@pytest.mark.parametrize("name", ["ARLoss", *PEERS])
+def test_a_loss_name_without_the_loss_prefix_is_refused(registry, name):
+    """mmseg logs ``decode.rmi`` but trains only its ``loss`` keys: refused, not left out."""
+    importlib.import_module(MODULE)
+    for bad in ("rmi", "ar", ""):
+        with pytest.raises(ValueError, match=r"^loss_name must start with 'loss_', mmseg's"):
+            registry.build({"type": name, "loss_name": bad})
+    assert registry.build({"type": name, "loss_name": "loss_mine"}).loss_name == "loss_mine"
 
 
 def test_docstring_examples(registry):

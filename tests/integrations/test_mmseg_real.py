@@ -136,3 +136,21 @@ def test_the_peers_in_a_real_decode_head_with_ohem(mmseg, name):
     ohem.loss_decode[1] = MODELS.build({"type": name})
     losses = ohem.loss_by_feat(logits, _samples(label.clamp(max=4)))
     assert torch.isfinite(losses[key])
+
+
+@pytest.mark.parametrize("name", ["ARLoss", "ArsegRMILoss", "ArsegAAFLoss"])
+def test_mmseg_builds_refuse_a_bad_loss_weight_or_a_name_it_would_not_train(mmseg, name):
+    from mmengine.model import BaseModel
+    from mmseg.registry import MODELS
+
+    for value, error in ((float("nan"), ValueError), (-1.0, ValueError), ("0.1", TypeError)):
+        with pytest.raises(error, match=r"^loss_weight must be a (finite )?number"):
+            MODELS.build({"type": name, "loss_weight": value})
+    with pytest.raises(ValueError, match=r"^loss_name must start with 'loss_'"):
+        MODELS.build({"type": name, "loss_name": "rmi"})
+    # why: mmseg's total is the sum of the keys holding "loss"; decode.rmi would be left out
+    ce, term = torch.tensor(1.0), torch.tensor(2.0)
+    total, _ = BaseModel.parse_losses(None, {"decode.loss_ce": ce, "decode.rmi": term})
+    assert total == ce
+    total, _ = BaseModel.parse_losses(None, {"decode.loss_ce": ce, "decode.loss_rmi": term})
+    assert total == ce + term

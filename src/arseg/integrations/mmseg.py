@@ -65,7 +65,11 @@ from arseg.losses._checks import (
 )
 from arseg.losses._dense import check_reduction
 from arseg.losses.aaf import check_aaf_options
-from arseg.losses.mmseg_conventions import resolve_mmseg_call
+from arseg.losses.mmseg_conventions import (
+    check_loss_name,
+    check_loss_weight,
+    resolve_mmseg_call,
+)
 from arseg.losses.rmi import check_rmi_options
 
 __all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegRMILoss", "register"]
@@ -89,20 +93,27 @@ class _MMSegPeerLoss(nn.Module):
         super().__init__()
         check_ignore_index(ignore_index)
         check_reduction(reduction)
-        if not isinstance(loss_name, str) or not loss_name:
-            raise ValueError(f"loss_name must be a non-empty string, got {loss_name!r}")
+        self._loss_name = check_loss_name(loss_name)
+        self.loss_weight = loss_weight  # checked by the setter
         if not isinstance(align_corners, bool):
             raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
         self.ignore_index = ignore_index
         self.reduction = reduction
-        self.loss_weight = float(loss_weight)
-        self._loss_name = loss_name
         self.align_corners = align_corners
         self.options = options
 
     @property
     def loss_name(self) -> str:
         return self._loss_name
+
+    @property
+    def loss_weight(self) -> float:
+        return self._loss_weight
+
+    @loss_weight.setter
+    def loss_weight(self, value: float) -> None:
+        # a setter: a hook that sets the weight during training (AAF's decay) is checked too
+        self._loss_weight = check_loss_weight(value)
 
     def forward(
         self,
@@ -171,8 +182,9 @@ class ArsegRMILoss(_MMSegPeerLoss):
         ignore_index: label of unlabelled pixels; the decode head's, given at call time,
             replaces it.
         reduction: ``"mean"`` | ``"sum"`` | ``"none"`` (per image).
-        loss_weight: factor applied to the result.
-        loss_name: log key, ``"loss_rmi"``; it must start with ``loss_`` to be back-propagated.
+        loss_weight: factor applied to the result, a finite number >= 0 (checked when set).
+        loss_name: log key, ``"loss_rmi"``; it must start with ``loss_`` (mmseg trains only
+            such keys: any other name would be logged but not trained).
         align_corners: convention of the bilinear resize of logits whose size is not the
             label's (mmseg's decode heads resize them before calling; then nothing happens).
 

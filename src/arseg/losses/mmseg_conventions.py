@@ -5,6 +5,10 @@ mmseg's decode heads call a loss as ``loss(pred, target, weight, ignore_index=..
 reduction_override=..., avg_factor=...)``; its OHEM sampler asks every loss for a per-pixel map
 (``reduction_override="none"``). A pairwise or region loss has no per-pixel value: it answers
 with a zero map and takes no part in the mining.
+
+The constructor arguments every such loss shares are checked here too: ``loss_weight`` (mmseg
+multiplies the loss by it: a finite number >= 0) and ``loss_name`` (mmseg's log key: it must
+start with ``loss_``, or mmseg logs the value without adding it to the training loss).
 """
 
 from __future__ import annotations
@@ -21,10 +25,43 @@ from ._checks import (
     check_weight,
     label_map,
 )
-from ._dense import REDUCTIONS
+from ._dense import REDUCTIONS, check_number
 from .affinity import compute_dtype
 
-__all__ = ["resolve_mmseg_call"]
+__all__ = ["LOSS_NAME_PREFIX", "check_loss_name", "check_loss_weight", "resolve_mmseg_call"]
+
+#: What an mmseg loss's ``loss_name`` must start with to be trained (mmseg's convention).
+LOSS_NAME_PREFIX = "loss_"
+
+
+def check_loss_weight(value: object) -> float:
+    """``loss_weight`` as a float: a finite real number >= 0 (not a bool, not a string).
+
+    Raises:
+        TypeError: not a number (``"0.1"``, ``None``, ``True``); ValueError: NaN, infinite or
+            negative (a negative weight would turn the loss into a reward).
+    """
+    return check_number(value, "loss_weight", low=0.0)
+
+
+def check_loss_name(value: object) -> str:
+    """``loss_name``, mmseg's log key of the loss: a string starting with ``loss_``.
+
+    mmseg prefixes the key (``decode.loss_ar``) and adds to the training loss only the keys that
+    contain ``loss`` (mmengine's ``BaseModel.parse_losses``); its losses document ``loss_`` as
+    the required prefix. Any other name (``"ar"``) is logged but silently left out of training.
+
+    Raises:
+        TypeError: not a string; ValueError: no ``loss_`` prefix.
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"loss_name must be a string starting with 'loss_', got {value!r}")
+    if not value.startswith(LOSS_NAME_PREFIX):
+        raise ValueError(
+            f"loss_name must start with 'loss_', mmseg's prefix of the losses it trains (it "
+            f"logs other keys without adding them to the training loss), got {value!r}"
+        )
+    return value
 
 
 def resolve_mmseg_call(

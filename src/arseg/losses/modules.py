@@ -20,7 +20,7 @@ from ._checks import (
 )
 from .affinity import ScalesArg, check_kernel
 from .functional import METHODS, REDUCTIONS, ar_loss, check_objective
-from .mmseg_conventions import resolve_mmseg_call
+from .mmseg_conventions import check_loss_name, check_loss_weight, resolve_mmseg_call
 from .sampling import normalize_scales
 
 __all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
@@ -56,10 +56,10 @@ class ARLoss(nn.Module):
         kernel: ``"sqrt"`` (the paper) | ``"linear"`` (``A = P^T P``, an ablation).
         objective: ``"mse"`` (the paper) | ``"bce"`` (binary cross-entropy of A against M, an
             ablation; see :func:`~arseg.losses.ar_loss`).
-        loss_weight: factor applied to the result (mmsegmentation convention; the paper uses
-            0.1 next to a CE loss of weight 1).
-        loss_name: key under which mmsegmentation logs it; must start with ``loss_`` to be
-            back-propagated there.
+        loss_weight: factor applied to the result, a finite number >= 0 (mmsegmentation
+            convention; the paper uses 0.1 next to a CE loss of weight 1); checked when set.
+        loss_name: key under which mmsegmentation logs it; must start with ``loss_`` (mmseg
+            trains only such keys: any other name would be logged but not trained).
 
     Shape:
         - logits: (B, C, h, w), float16 / bfloat16 / float32 / float64; C = 1 (a sigmoid map) is
@@ -111,20 +111,27 @@ class ARLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(scales, ignore_index, reduction, method, kernel, objective)
-        if not isinstance(loss_name, str) or not loss_name:
-            raise ValueError(f"loss_name must be a non-empty string, got {loss_name!r}")
+        self._loss_name = check_loss_name(loss_name)
+        self.loss_weight = loss_weight  # checked by the setter
         self.scales = scales
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.method = method
         self.kernel = kernel
         self.objective = objective
-        self.loss_weight = float(loss_weight)
-        self._loss_name = loss_name
 
     @property
     def loss_name(self) -> str:
         return self._loss_name
+
+    @property
+    def loss_weight(self) -> float:
+        return self._loss_weight
+
+    @loss_weight.setter
+    def loss_weight(self, value: float) -> None:
+        # a setter: a hook that sets the weight during training is checked as well
+        self._loss_weight = check_loss_weight(value)
 
     def forward(
         self,
