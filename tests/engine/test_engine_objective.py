@@ -146,3 +146,31 @@ def test_val_terms_take_the_logits_they_train_on(tiny_config) -> None:
     assert module.val_terms["dice"].compute().item() == pytest.approx(
         dice_loss(up, target).item(), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("corners", [True, False])
+def test_the_objective_resizes_with_the_models_align_corners(tiny_config, monkeypatch, corners):
+    """A model declaring ``align_corners=True`` (PSPNet, ICNet) trains on logits resized so."""
+    import torch.nn.functional as F
+
+    import arseg.models
+    from arseg.engine.module import SegmentationModule
+    from arseg.losses import dice_loss
+
+    build = arseg.models.build_model
+
+    def declaring(*args, **kwargs):
+        model = build(*args, **kwargs)
+        model.align_corners = corners
+        return model
+
+    monkeypatch.setattr(arseg.models, "build_model", declaring)
+    cfg = load_config(tiny_config(), ["model.num_classes=3", "loss.terms.dice.weight=1"])
+    module = SegmentationModule(cfg)
+    torch.manual_seed(0)
+    native = 3 * torch.randn(2, 3, 8, 8)
+    target = torch.randint(0, 3, (2, 32, 32))
+    out = module.criterion(native, target, {**dict.fromkeys(module.terms, 0.0), "dice": 1.0})
+    up = F.interpolate(native, size=(32, 32), mode="bilinear", align_corners=corners)
+    torch.testing.assert_close(out.terms["dice"], dice_loss(up, target))
+    torch.testing.assert_close(out.ce, F.cross_entropy(up, target))

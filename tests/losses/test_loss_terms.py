@@ -111,3 +111,34 @@ def test_unknown_term_names_the_known_ones():
         loss_term("focal")
     with pytest.raises(ValueError, match="unknown loss term"):
         check_term_options("focal", {})
+
+
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_composite_resizes_to_the_labels_with_the_models_align_corners(align_corners):
+    """CE and every term that takes label-size logits see them resized with the convention the
+    composite was given (the model's: True for PSPNet and ICNet), not always False."""
+    import torch.nn.functional as F
+
+    from arseg.losses import CompositeLoss
+
+    gen = torch.Generator().manual_seed(4)
+    logits = 3 * torch.randn(2, 4, 6, 8, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, 24, 32), generator=gen)
+    target[0, :4] = 255
+    terms = {"lovasz": {}, "rmi": {}, "dice": {}, "ar": {}}
+    criterion = CompositeLoss(terms, align_corners=align_corners)
+    out = criterion(logits, target, dict.fromkeys(terms, 1.0))
+
+    def resized(corners):
+        return F.interpolate(logits, size=(24, 32), mode="bilinear", align_corners=corners)
+
+    up, other = resized(align_corners), resized(not align_corners)
+    ce = F.cross_entropy(up, target, ignore_index=255)
+    torch.testing.assert_close(out.ce, ce)
+    assert not torch.isclose(F.cross_entropy(other, target, ignore_index=255), ce)
+    for name in ("lovasz", "rmi", "dice"):
+        expected = loss_term(name).fn(up, target)
+        torch.testing.assert_close(out.terms[name], expected)
+        torch.testing.assert_close(criterion.term(name, logits, target), expected)
+        assert not torch.isclose(loss_term(name).fn(other, target), expected), name
+    torch.testing.assert_close(out.terms["ar"], losses.ar_loss(logits, target))  # native logits

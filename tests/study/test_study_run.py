@@ -107,6 +107,7 @@ def test_study_writes_every_run_comparison_and_table(finished_study) -> None:
     for name in runs:
         cfg = yaml.safe_load((out / name / "config.yaml").read_text())
         assert Path(cfg["init_from"]) == out / "baseline"
+        assert cfg["seed"] == int(name.rsplit("seed", 1)[1])  # seed1 trains with 1, not 3
         assert cfg["loss"]["lambda_ar"] == (0.1 if name.startswith("ar") else 0.0)
         assert cfg["trainer"]["num_threads"] == 1  # 2 threads shared by 2 runs
         (record,) = json.loads((out / name / "provenance.json").read_text())
@@ -354,6 +355,24 @@ def test_a_finished_run_as_baseline_is_fine_tuned_from_not_trained(tmp_path) -> 
     assert all(job.config(study, out)["init_from"] == str(out / "baseline") for job in finetunes)
     cfg = run_config(study, out, "ar", 1)
     assert cfg["init_from"] == str(out / "baseline") and cfg["loss"]["lambda_ar"] == 0.1
+
+
+def test_each_seed_of_an_arm_trains_with_its_own_seed(tmp_path) -> None:
+    """``OUT/<arm>/seed<k>/config.yaml`` holds seed k, whatever the fine-tune config's default."""
+    from arseg.study.runner import plan_jobs
+
+    arms = {k: {**v, "seeds": [1, 2, 7]} for k, v in ARMS.items()}
+    study = load_study_config(_write_study(tmp_path / "cfg", arms=arms))
+    assert yaml.safe_load((tmp_path / "cfg" / "base.yaml").read_text())["seed"] == 3
+    out = tmp_path / "out"
+    baseline, finetunes = plan_jobs(study, out)
+    assert baseline.config(study, out)["seed"] == 3  # the baseline keeps its config's
+    assert sorted((job.arm, job.seed) for job in finetunes) == [
+        (arm, seed) for arm in ("ar", "ce") for seed in (1, 2, 7)
+    ]
+    for job in finetunes:
+        cfg = job.config(study, out)
+        assert cfg["seed"] == job.seed and cfg["run_dir"] == str(out / job.arm / f"seed{job.seed}")
 
 
 def test_a_finished_baseline_is_seen_through_links_and_never_written(tmp_path) -> None:
