@@ -1,5 +1,5 @@
-"""The peers arseg registers in mmseg (``ArsegRMILoss``, ``ArsegAAFLoss``) under mmseg's calling
-conventions, with a stand-in registry, decode head and OHEM sampler (no mmseg needed)."""
+"""The peers arseg registers in mmseg (``ArsegRMILoss``, ``ArsegAAFLoss``, ``ArsegDiceLoss``) under
+mmseg's calling conventions, with a stand-in registry, decode head and OHEM sampler (no mmseg needed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from arseg.losses import aaf_loss, rmi_loss
+from arseg.losses import aaf_loss, dice_loss, rmi_loss
 
 from .conftest import MODULE, FakeCrossEntropy, FakeHead, FakeRegistry
 
@@ -38,19 +38,28 @@ def _batch(num_classes=5, ignore=255, seed=0):
 CE = {"type": "CrossEntropyLoss", "loss_weight": 1.0}
 RMI = {"type": "ArsegRMILoss", "loss_weight": 0.5}
 AAF = {"type": "ArsegAAFLoss", "loss_weight": 0.25, "sizes": [1, 2]}
-PEERS = {"ArsegRMILoss": (RMI, rmi_loss, {}), "ArsegAAFLoss": (AAF, aaf_loss, {"sizes": (1, 2)})}
+DICE = {"type": "ArsegDiceLoss", "loss_weight": 0.75, "per_image": True}
+PEERS = {
+    "ArsegRMILoss": (RMI, rmi_loss, {}),
+    "ArsegAAFLoss": (AAF, aaf_loss, {"sizes": (1, 2)}),
+    "ArsegDiceLoss": (DICE, dice_loss, {"per_image": True}),
+}
 
 
 def test_import_registers_the_peers_mmseg_lacks_without_touching_its_own(registry):
     module = importlib.import_module(MODULE)
     assert registry.get("ArsegRMILoss") is module.ArsegRMILoss
     assert registry.get("ArsegAAFLoss") is module.ArsegAAFLoss
+    assert registry.get("ArsegDiceLoss") is module.ArsegDiceLoss  # mmseg's DiceLoss differs
     assert registry.get("LovaszLoss") is MMSegLovasz  # mmseg's own name untouched
     assert "DiceLoss" not in registry.module_dict and "RMILoss" not in registry.module_dict
     module.register(registry)  # idempotent
-    rmi, aaf = registry.build(RMI), registry.build(AAF)
-    assert (rmi.loss_name, aaf.loss_name) == ("loss_rmi", "loss_aaf")
+    rmi, aaf, dice = registry.build(RMI), registry.build(AAF), registry.build(DICE)
+    assert (rmi.loss_name, aaf.loss_name, dice.loss_name) == ("loss_rmi", "loss_aaf", "loss_dice")
     assert "bce_weight=0.5" in repr(rmi) and "sizes=(1, 2)" in repr(aaf)
+    assert "smooth=1.0, per_image=True" in repr(dice)
+    with pytest.raises(ValueError, match="smooth"):
+        registry.build({"type": "ArsegDiceLoss", "smooth": -1.0})
     other = FakeRegistry()
     other.register_module(name="ArsegRMILoss", module=FakeCrossEntropy)
     with pytest.raises(KeyError, match="already holds"):
@@ -162,7 +171,7 @@ def test_docstring_examples(registry):
     module = importlib.import_module(MODULE)
     finder = doctest.DocTestFinder()
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
-    for cls in (module.ArsegRMILoss, module.ArsegAAFLoss):
+    for cls in (module.ArsegRMILoss, module.ArsegAAFLoss, module.ArsegDiceLoss):
         for test in finder.find(cls, globs={"torch": torch, cls.__name__: cls}):
             runner.run(test)
     assert runner.tries > 0 and runner.failures == 0

@@ -1,8 +1,12 @@
 """mmsegmentation 1.x: importing this module registers arseg's losses in ``mmseg.registry.MODELS``.
 
-Registered: ``ARLoss`` (:class:`arseg.losses.ARLoss`), and the two peers mmseg lacks,
+Registered: ``ARLoss`` (:class:`arseg.losses.ARLoss`), the two peers mmseg lacks,
 ``ArsegRMILoss`` (:func:`arseg.losses.rmi_loss`) and ``ArsegAAFLoss``
-(:func:`arseg.losses.aaf_loss`); mmseg's own ``LovaszLoss`` and ``DiceLoss`` are left alone.
+(:func:`arseg.losses.aaf_loss`), and ``ArsegDiceLoss`` (:func:`arseg.losses.dice_loss`): mmseg
+1.2's ``DiceLoss`` computes another loss under any of its settings (one Dice per image over all
+the classes pooled, ignored pixels kept in its sums; see :class:`ArsegDiceLoss`). mmseg's own
+``LovaszLoss`` is left alone: with ``per_image=False, reduction="none"`` (its defaults
+otherwise) it gives arseg's ``lovasz`` term's value (``tests/integrations/test_mmseg_real.py``).
 
 In an mmseg config::
 
@@ -34,6 +38,7 @@ The peers follow the same calling conventions (see :class:`ArsegRMILoss`)::
         dict(type="CrossEntropyLoss", loss_weight=1.0),
         dict(type="ArsegRMILoss", loss_weight=1.0),            # key loss_rmi
         # dict(type="ArsegAAFLoss", loss_weight=1.0, margin=3.0),  # key loss_aaf
+        # dict(type="ArsegDiceLoss", loss_weight=1.0),             # key loss_dice
     ]
 """
 
@@ -54,7 +59,7 @@ except ImportError as err:  # mmseg itself, or one of the packages it imports (m
         f"mmcv (importing mmseg.registry failed: {err})"
     ) from err
 
-from arseg.losses import ARLoss, aaf_loss, rmi_loss
+from arseg.losses import ARLoss, aaf_loss, dice_loss, rmi_loss
 from arseg.losses._checks import (
     check_batch,
     check_ignore_index,
@@ -65,6 +70,7 @@ from arseg.losses._checks import (
 )
 from arseg.losses._dense import check_reduction
 from arseg.losses.aaf import check_aaf_options
+from arseg.losses.dice import check_dice_options
 from arseg.losses.mmseg_conventions import (
     check_loss_name,
     check_loss_weight,
@@ -72,7 +78,7 @@ from arseg.losses.mmseg_conventions import (
 )
 from arseg.losses.rmi import check_rmi_options
 
-__all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegRMILoss", "register"]
+__all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegDiceLoss", "ArsegRMILoss", "register"]
 
 
 class _MMSegPeerLoss(nn.Module):
@@ -268,11 +274,56 @@ class ArsegAAFLoss(_MMSegPeerLoss):
         super().__init__(ignore_index, reduction, loss_weight, loss_name, align_corners, options)
 
 
+class ArsegDiceLoss(_MMSegPeerLoss):
+    """arseg's soft Dice (:func:`arseg.losses.dice_loss`, the engine's ``dice`` term) with
+    mmseg's conventions.
+
+    mmseg 1.2's own ``DiceLoss`` is another loss: it pools all the classes of an image into one
+    Dice (``pred.flatten(1)``: no mean over classes, so a rare class weighs by its pixels), keeps
+    the ignored pixels' predictions in its sums (its ``ignore_index`` drops a *class channel*
+    of that index), and defaults to a sigmoid per class and squared denominators. No setting
+    makes it the mean Dice over the classes present that arseg's ``dice`` term (and the arena's
+    figures) is; this one is.
+
+    Args:
+        smooth, per_image: Dice's options (defaults 1.0, False: one Dice per class over the
+            batch; ``True``: per image, averaged over the images with labelled pixels).
+        ignore_index, reduction, loss_weight, align_corners: as :class:`ArsegRMILoss`.
+        loss_name: log key, ``"loss_dice"``.
+
+    ``forward`` as :class:`ArsegRMILoss`: 0/1 ``weight`` (0 drops the pixel), a zero
+    (B, H, W) map for ``reduction_override="none"``, no ``avg_factor``.
+
+    Example:
+        >>> criterion = ArsegDiceLoss(loss_weight=0.5)
+        >>> loss = criterion(torch.randn(2, 4, 16, 16), torch.randint(0, 4, (2, 16, 16)))
+        >>> criterion.loss_name
+        'loss_dice'
+    """
+
+    _fn = staticmethod(dice_loss)
+
+    def __init__(
+        self,
+        smooth: float = 1.0,
+        per_image: bool = False,
+        ignore_index: int = 255,
+        reduction: str = "mean",
+        loss_weight: float = 1.0,
+        loss_name: str = "loss_dice",
+        align_corners: bool = False,
+    ) -> None:
+        check_dice_options(smooth, per_image)
+        options = {"smooth": float(smooth), "per_image": per_image}
+        super().__init__(ignore_index, reduction, loss_weight, loss_name, align_corners, options)
+
+
 #: The names this module registers, and the classes they build.
 REGISTERED: dict[str, type] = {
     "ARLoss": ARLoss,
     "ArsegRMILoss": ArsegRMILoss,
     "ArsegAAFLoss": ArsegAAFLoss,
+    "ArsegDiceLoss": ArsegDiceLoss,
 }
 
 
