@@ -34,7 +34,7 @@ from arseg.analysis.figures import (
     plot_per_class_iou,
 )
 from arseg.analysis.runs import Run, RunError
-from arseg.analysis.trend import curve_data, trend_of_run, warn
+from arseg.analysis.trend import curve_data, init_warnings_once, trend_of_run, warn
 
 __all__ = ["ReportPage", "ReportPaths", "build_report"]
 
@@ -357,14 +357,16 @@ def build_report(
             "Validation mIoU per epoch and AR loss per iteration (Figure 3)",
         )
         trend_rows = []
-        for r in runs:
-            if not r.has_series("train/ar"):
-                continue
-            try:
-                t = trend_of_run(r)
-            except (RunError, ValueError) as err:
-                warn(f"no trend for {r.label}: {err}")
-                continue
+        trends = []
+        with init_warnings_once():  # fine-tunes of one missing baseline: one line
+            for r in runs:
+                if not r.has_series("train/ar"):
+                    continue
+                try:
+                    trends.append((r, trend_of_run(r)))
+                except (RunError, ValueError) as err:
+                    warn(f"no trend for {r.label}: {err}")
+        for r, t in trends:
             trend_rows.append(
                 [
                     r.label,

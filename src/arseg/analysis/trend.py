@@ -9,6 +9,8 @@ its val AR loss to where the run started (its ``init_from`` checkpoint when know
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from arseg.analysis.runs import Run
 from arseg.analysis.stats import TrendResult, ols_trend, relative_change
 from arseg.rundir import RunDir
 
-__all__ = ["TrendReport", "curve_data", "trend_of_run", "warn"]
+__all__ = ["TrendReport", "curve_data", "init_warnings_once", "trend_of_run", "warn"]
 
 
 def warn(msg: str) -> None:
@@ -107,6 +109,25 @@ def _locate_run_dir(written: Path, run: Run) -> Path | None:
     return None
 
 
+#: Inside :func:`init_warnings_once`: the ``init_from`` paths already warned about as not found.
+_init_warned: set[str] | None = None
+
+
+@contextmanager
+def init_warnings_once() -> Iterator[None]:
+    """Within, a missing ``init_from`` is warned about once per path, not once per run that
+    names it (a study's trends and report read every fine-tune of the same baseline)."""
+    global _init_warned
+    if _init_warned is not None:  # nested: the outer one counts
+        yield
+        return
+    _init_warned = set()
+    try:
+        yield
+    finally:
+        _init_warned = None
+
+
 def _init_source(run: Run) -> tuple[Run, str] | None:
     """The run a fine-tune was initialised from (config ``init_from``) and which checkpoint."""
     init = run.config.get("init_from")
@@ -116,10 +137,13 @@ def _init_source(run: Run) -> tuple[Run, str] | None:
     base = written.parent.parent if written.suffix == ".ckpt" else written
     found = _locate_run_dir(base, run)
     if found is None:
-        warn(
-            f"{run.label}: init_from {written} not found (no metrics.csv in {base}); "
-            "the val start is its first epoch"
-        )
+        if _init_warned is None or str(written) not in _init_warned:
+            if _init_warned is not None:
+                _init_warned.add(str(written))
+            warn(
+                f"init_from {written} not found (no metrics.csv in {base}); the val AR start "
+                "of the runs fine-tuned from it is their first epoch"
+            )
         return None
     return Run(found), _init_which(run)
 

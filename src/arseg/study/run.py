@@ -141,7 +141,7 @@ def _run(
     study: StudyConfig, out: Path, eval_split: str | None, data_root: str | None
 ) -> dict[str, Any]:
     split = run_jobs(study, out, eval_split=eval_split, data_root=data_root)
-    return analyse(study, out, split)
+    return analyse(study, out, split, data_root)
 
 
 def run_jobs(

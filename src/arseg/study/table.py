@@ -106,8 +106,11 @@ def _trends(study: StudyConfig, out: Path) -> None:
         write_json(trend_dir / f"{arm}.json", report.as_dict())
 
 
-def _report(study: StudyConfig, out: Path, split: str, errors: AnalysisErrors) -> None:
-    """The report of the baseline and each arm's first seed."""
+def _report(
+    study: StudyConfig, out: Path, split: str, errors: AnalysisErrors, data_root: str | None = None
+) -> None:
+    """The report of the baseline and each arm's first seed; its heat maps and overlays show
+    ``split``'s images from ``data_root`` (default: the baseline's ``data.root``)."""
     from arseg.analysis.report import build_report
 
     runs = [study.run_dir(out)]
@@ -123,6 +126,7 @@ def _report(study: StudyConfig, out: Path, split: str, errors: AnalysisErrors) -
             num_images=study.report_num_images,
             split=split,
             n_boot=study.n_boot,
+            data_root=data_root,
         )
     except (ValueError, OSError) as err:
         errors.show(str(err))
@@ -133,9 +137,14 @@ def _report(study: StudyConfig, out: Path, split: str, errors: AnalysisErrors) -
     log.write_text(f"wrote {paths.html} and {paths.markdown} ({len(paths.figures)} figures)\n")
 
 
-def analyse(study: StudyConfig, out: Path, split: str) -> dict[str, Any]:
+def analyse(
+    study: StudyConfig, out: Path, split: str, data_root: str | None = None
+) -> dict[str, Any]:
     """Compare every arm with the control, fit the trends, write the report and the table;
     returns the table's data (also ``OUT/summary_<split>.json``).
+
+    ``data_root``: where the report reads ``split``'s images (``arseg study --data-root``, as
+    the runs were evaluated); default the baseline's ``data.root``.
 
     Raises:
         StudyError: a record was damaged or a step could not be made (after the table of what
@@ -151,8 +160,11 @@ def analyse(study: StudyConfig, out: Path, split: str) -> dict[str, Any]:
             errors.show(problem)
             errors.damaged.append(problem)
     comparisons = compare_arms(study, out, split, errors)
-    _trends(study, out)
-    _report(study, out, split, errors)
+    from arseg.analysis.trend import init_warnings_once
+
+    with init_warnings_once():  # every fine-tune names the same baseline: one line, not 2 x arms
+        _trends(study, out)
+        _report(study, out, split, errors, data_root)
     table = study_table(study, out, split, comparisons)
     (out / f"summary_{split}.md").write_text(table["markdown"])
     write_json(out / f"summary_{split}.json", table["data"])
