@@ -30,7 +30,7 @@ DEFAULT_CAMVID = Path(
 )
 
 
-def _batches(cfg: dict, n: int, camvid: Path) -> tuple[list, int]:
+def training_batches(cfg: dict, n: int, camvid: Path) -> tuple[list, int]:
     """``n`` training batches of the run's pipeline (random scale, crop, flip) and the number of
     classes; CamVid read from ``camvid`` (random tensors of 11 classes where it is absent)."""
     bs, crop = cfg["data"]["batch_size"], tuple(cfg["data"]["crop_size"])
@@ -116,7 +116,7 @@ def main() -> None:
     arms = {name: run_config(study, out, name, arm.seeds[0]) for name, arm in study.arms.items()}
     control = study.control
     first = arms[control]
-    batches, num_classes = _batches(first, args.steps + 1, args.camvid)
+    batches, num_classes = training_batches(first, args.steps + 1, args.camvid)
     built = {name: _module(cfg, num_classes) for name, cfg in arms.items()}
     channels_last = bool(first["trainer"].get("channels_last"))
     if channels_last:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from arena_step_cost import training_batches  # this folder: the scripts share one pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ROOT / "configs" / "camvid" / "pretrained" / "arena_peers_study.yaml"
@@ -40,30 +41,6 @@ def cpu_bf16_flags() -> list[str]:
     except OSError:
         return []
     return sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"})
-
-
-def batches(cfg: dict, n: int, camvid: Path) -> tuple[list, int]:
-    """``n`` training batches of the run's pipeline, and the classes (random where CamVid is
-    absent)."""
-    bs, crop = cfg["data"]["batch_size"], tuple(cfg["data"]["crop_size"])
-    if not (camvid / "train.txt").is_file():
-        gen = torch.Generator().manual_seed(0)
-        return [
-            (
-                torch.randn(bs, 3, *crop, generator=gen),
-                torch.randint(0, 11, (bs, *crop), generator=gen),
-            )
-            for _ in range(n)
-        ], 11
-    from arseg.engine.datamodule import SeededDataset, build_train_dataset
-
-    dataset = build_train_dataset({**cfg, "data": {**cfg["data"], "root": str(camvid)}})
-    data = SeededDataset(dataset)
-    out = []
-    for b in range(n):
-        samples = [data[((b * bs + i) % len(data), b * bs + i)] for i in range(bs)]
-        out.append((torch.stack([s[0] for s in samples]), torch.stack([s[1] for s in samples])))
-    return out, int(dataset.num_classes)
 
 
 def build(cfg: dict, num_classes: int, state: dict | None):
@@ -111,7 +88,7 @@ def main() -> None:
     if args.arm not in study.arms:
         parser.error(f"--arm {args.arm!r} is not an arm of {args.study}: {', '.join(study.arms)}")
     cfg = run_config(study, Path("/nonexistent"), args.arm, study.arms[args.arm].seeds[0])
-    data, num_classes = batches(cfg, args.steps + 1, args.camvid)
+    data, num_classes = training_batches(cfg, args.steps + 1, args.camvid)
     fp32 = build(cfg, num_classes, None)
     bf16 = build(cfg, num_classes, fp32[0].state_dict())
     if fp32[0].channels_last:

@@ -9,14 +9,14 @@ from pathlib import Path
 __all__ = ["register"]
 
 
-def _cmd_study(args: argparse.Namespace) -> int:
+def _one_line_errors(run, *args, **kwargs) -> int:
+    """``run(*args, **kwargs)``, with a study's and the engine's expected errors as one line."""
     from arseg.engine.cli import expected_errors, fail
 
     from .config import StudyError
-    from .run import run_study
 
     try:
-        run_study(args.config, args.out, eval_split=args.eval_split, data_root=args.data_root)
+        run(*args, **kwargs)
     except StudyError as err:
         return fail(err)
     except Exception as err:
@@ -24,35 +24,33 @@ def _cmd_study(args: argparse.Namespace) -> int:
             return fail(err)
         raise
     return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    from .run import run_study
+
+    return _one_line_errors(
+        run_study, args.config, args.out, eval_split=args.eval_split, data_root=args.data_root
+    )
 
 
 def _cmd_arena(args: argparse.Namespace) -> int:
-    from arseg.engine.cli import expected_errors, fail
-
     from .arena_run import run_arena
-    from .config import StudyError
 
-    try:
-        run_arena(
-            args.source,
-            out=args.out,
-            baseline=args.baseline,
-            finetune=args.finetune,
-            terms=args.terms,
-            weights=args.weights,
-            seeds=args.seeds,
-            confirm_split=args.confirm_split,
-            parallel=args.parallel,
-            threads=args.threads,
-            data_root=args.data_root,
-        )
-    except StudyError as err:
-        return fail(err)
-    except Exception as err:
-        if isinstance(err, expected_errors()):
-            return fail(err)
-        raise
-    return 0
+    return _one_line_errors(
+        run_arena,
+        args.source,
+        out=args.out,
+        baseline=args.baseline,
+        finetune=args.finetune,
+        terms=args.terms,
+        weights=args.weights,
+        seeds=args.seeds,
+        confirm_split=args.confirm_split,
+        parallel=args.parallel,
+        threads=args.threads,
+        data_root=args.data_root,
+    )
 
 
 def _register_arena(subparsers: argparse._SubParsersAction) -> None:
