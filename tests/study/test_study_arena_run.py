@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import write_config
+from .conftest import arseg_process, finish, write_config
 
 # 8 training images in batches of 4, one epoch: a fine-tune is 2 steps and one evaluation
 # (its best checkpoint is its last); 4 val and 4 test images
@@ -37,29 +35,6 @@ def _configs(directory: Path) -> tuple[Path, Path]:
     return base, ft
 
 
-def _arena(*args: str) -> subprocess.Popen:
-    """``arseg arena`` in its own process group (killed with its workers)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "arseg.cli", "arena", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
-    try:
-        stdout, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, _ = proc.communicate()
-        pytest.fail(f"arseg arena did not finish in {timeout} s:\n{stdout}")
-    return stdout
-
-
 @pytest.fixture(scope="module")
 def arena(tmp_path_factory) -> tuple[Path, str, str, dict[str, int]]:
     """An arena of AR and Dice at weight 1, killed after its first fine-tune; then `arseg arena
@@ -67,7 +42,8 @@ def arena(tmp_path_factory) -> tuple[Path, str, str, dict[str, int]]:
     root = tmp_path_factory.mktemp("arena")
     base, ft = _configs(root / "cfg")
     out = root / "out"
-    proc = _arena(
+    proc = arseg_process(
+        "arena",
         *["--baseline", str(base), "--finetune", str(ft), "--out", str(out)],
         *["--terms", "ar,dice", "--weights", "1", "--seeds", "1,2"],
         *["--parallel", "2", "--threads", "2"],
@@ -80,8 +56,8 @@ def arena(tmp_path_factory) -> tuple[Path, str, str, dict[str, int]]:
     killed = proc.communicate()[0]
     assert first.is_file(), killed
     kept = {p.name: p.stat().st_mtime_ns for p in (out / "state").glob("*_seed?.json")}
-    proc = _arena(str(out), "--terms", "dice", "--weights", "3")
-    stdout = _finish(proc)
+    proc = arseg_process("arena", str(out), "--terms", "dice", "--weights", "3")
+    stdout = finish(proc)
     assert proc.returncode == 0, stdout
     return out, killed, stdout, kept
 
@@ -150,12 +126,13 @@ def test_the_issue_arena_of_ten_fine_tunes_confirmed_on_test(tmp_path) -> None:
     an answer naming both terms with intervals, stated on the test split."""
     base, ft = _configs(tmp_path / "cfg")
     out = tmp_path / "out"
-    proc = _arena(
+    proc = arseg_process(
+        "arena",
         *["--baseline", str(base), "--finetune", str(ft), "--out", str(out)],
         *["--terms", "ar,dice", "--weights", "1,3", "--seeds", "1,2"],
         *["--confirm-split", "test", "--parallel", "2", "--threads", "2"],
     )
-    stdout = _finish(proc, timeout=1800)
+    stdout = finish(proc, timeout=1800)
     assert proc.returncode == 0, stdout
     lines = stdout.strip().splitlines()
     plan = next(i for i, line in enumerate(lines) if line.startswith("arena: "))

@@ -6,7 +6,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import yaml
 
 from arseg.study import StudyError, load_study_config
 
-from .conftest import write_config
+from .conftest import arseg_process, finish, write_config
 
 ARMS = {
     "ce": {"label": "CE only", "seeds": [1, 2], "overrides": {"loss.lambda_ar": 0.0}},
@@ -49,29 +48,6 @@ def _write_study(directory: Path, **changes) -> Path:
     return path
 
 
-def _study(config: Path, out: Path) -> subprocess.Popen:
-    """``arseg study`` in its own process group (so that it can be killed with its workers)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "arseg.cli", "study", str(config), "--out", str(out)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        start_new_session=True,
-    )
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 900) -> str:
-    try:
-        stdout, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # never leave workers training behind
-        stdout, _ = proc.communicate()
-        pytest.fail(f"arseg study did not finish in {timeout} s:\n{stdout}")
-    return stdout
-
-
 def _run_metrics(out: Path) -> dict[str, tuple[float, float]]:
     """(best mIoU, last mIoU) of every run of a finished study."""
     result = {}
@@ -90,8 +66,8 @@ def finished_study(tmp_path_factory) -> tuple[Path, Path, str]:
     root = tmp_path_factory.mktemp("study")
     config = _write_study(root / "cfg")
     out = root / "out"
-    proc = _study(config, out)
-    stdout = _finish(proc)
+    proc = arseg_process("study", str(config), "--out", str(out))
+    stdout = finish(proc)
     assert proc.returncode == 0, stdout
     return config, out, stdout
 
@@ -142,7 +118,7 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
 
     config, reference_out, _ = finished_study
     out = tmp_path / "out"
-    proc = _study(config, out)
+    proc = arseg_process("study", str(config), "--out", str(out))
     first = out / "state" / "ce_seed1.json"
     deadline = time.time() + 600
     while not first.is_file() and proc.poll() is None and time.time() < deadline:
@@ -168,8 +144,8 @@ def test_study_killed_mid_way_continues_and_gives_the_same_numbers(
     best = (out / "ce" / "seed1" / "checkpoints" / "best.ckpt").stat().st_mtime_ns
     assert not (out / "state" / "ar_seed2.json").exists()  # the study was cut short
 
-    proc = _study(config, out)
-    stdout = _finish(proc)
+    proc = arseg_process("study", str(config), "--out", str(out))
+    stdout = finish(proc)
     assert proc.returncode == 0, stdout
     assert "ce_seed1: finished earlier, kept" in stdout
     for name, mtime in kept.items():
@@ -315,8 +291,8 @@ def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
     study["arms"]["ar"]["seeds"] = [1, 2, 3]
     more = config.with_name("study_more_seeds.yaml")  # beside it: the same base/ft configs
     more.write_text(yaml.safe_dump(study, sort_keys=False))
-    proc = _study(more, extended)
-    stdout = _finish(proc, timeout=600)
+    proc = arseg_process("study", str(more), "--out", str(extended))
+    stdout = finish(proc, timeout=600)
     assert proc.returncode == 0, stdout
     assert "extending the study" in stdout and ": ar seeds [3];" in stdout
     assert stdout.count("finished earlier, kept") == 5  # the baseline and the 4 seed-1/2 runs
@@ -330,8 +306,8 @@ def test_more_seeds_extend_a_finished_study(finished_study, tmp_path) -> None:
     # a changed setting of an arm that has run is still refused
     study["arms"]["ar"]["overrides"] = {"loss.lambda_ar": 0.2}
     more.write_text(yaml.safe_dump(study, sort_keys=False))
-    proc = _study(more, extended)
-    stdout = _finish(proc, timeout=300)
+    proc = arseg_process("study", str(more), "--out", str(extended))
+    stdout = finish(proc, timeout=300)
     assert proc.returncode == 2 and "arms differ" in stdout
 
 
@@ -412,8 +388,8 @@ def test_study_from_a_finished_run(finished_study, tmp_path) -> None:
     for p in modes:
         p.chmod(0o555)  # given read-only, as a shared peak is
     try:
-        proc = _study(config, new)
-        stdout = _finish(proc, timeout=600)
+        proc = arseg_process("study", str(config), "--out", str(new))
+        stdout = finish(proc, timeout=600)
     finally:
         for p, mode in modes.items():
             p.chmod(mode)
@@ -459,8 +435,8 @@ def test_a_study_compares_a_peer_arm_from_the_same_peak(finished_study, tmp_path
         },
     )
     new = tmp_path / "out"
-    proc = _study(config, new)
-    stdout = _finish(proc, timeout=600)
+    proc = arseg_process("study", str(config), "--out", str(new))
+    stdout = finish(proc, timeout=600)
     assert proc.returncode == 0, stdout
     ft = yaml.safe_load((new / "lovasz" / "seed1" / "config.yaml").read_text())
     assert ft["loss"]["terms"] == {"lovasz": {"weight": 1.0}} and ft["loss"]["lambda_ar"] == 0
@@ -528,19 +504,20 @@ def test_a_second_study_is_refused_and_the_first_finishes_as_if_alone(
 
     config, reference_out, _ = finished_study
     out = tmp_path / "out"
-    first = _study(config, out)
+    first = arseg_process("study", str(config), "--out", str(out))
     started = out / "state" / "ce_seed1.spec.json"  # the fine-tunes are under way
     deadline = time.time() + 600
     while not started.is_file() and first.poll() is None and time.time() < deadline:
         time.sleep(0.2)
-    second = _study(config, out)  # e.g. a scheduler that requeued the job
-    refused = _finish(second, timeout=300)
+    # e.g. a scheduler that requeued the job
+    second = arseg_process("study", str(config), "--out", str(out))
+    refused = finish(second, timeout=300)
     assert second.returncode == 2, refused
     (line,) = refused.strip().splitlines()
     assert line.startswith(
         f"arseg: error: {out} is in use by another arseg process: pid {first.pid}"
     )
-    stdout = _finish(first)
+    stdout = finish(first)
     assert first.returncode == 0, stdout
     assert _run_metrics(out) == _run_metrics(reference_out)
     for run in [out / "baseline", *out.glob("*/seed*")]:
@@ -560,7 +537,7 @@ def test_workers_of_a_killed_study_stop_and_the_rerun_gives_the_same_numbers(
 
     config, reference_out, _ = finished_study
     out = tmp_path / "out"
-    proc = _study(config, out)
+    proc = arseg_process("study", str(config), "--out", str(out))
     logged: dict[Path, int] = {}
     deadline = time.time() + 600
     while not logged and proc.poll() is None and time.time() < deadline:
@@ -602,8 +579,8 @@ def test_workers_of_a_killed_study_stop_and_the_rerun_gives_the_same_numbers(
             else:
                 if lock is not None:
                     lock.release()
-    proc = _study(config, out)
-    stdout = _finish(proc)
+    proc = arseg_process("study", str(config), "--out", str(out))
+    stdout = finish(proc)
     assert proc.returncode == 0, stdout
     assert _run_metrics(out) == _run_metrics(reference_out)
 
@@ -680,7 +657,7 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
         cluster={"executor": "local", "parameters": {"timeout_min": 30}},
     )
     new = tmp_path / "out"
-    proc = _study(config, new)
+    proc = arseg_process("study", str(config), "--out", str(new))
     # ar: SIGTERM to its worker; ce: submitit's requeue signal (USR2) to its job's process
     pending = {new / "ar" / "seed1": "worker", new / "ce" / "seed1": "job"}
     deadline = time.time() + 300
@@ -701,7 +678,7 @@ def test_a_study_sent_through_submitit_gives_the_numbers_of_local_workers(
     if pending:
         os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"not caught in training: {pending}:\n{proc.communicate()[0]}")
-    stdout = _finish(proc, timeout=600)
+    stdout = finish(proc, timeout=600)
     assert proc.returncode == 0, stdout
     assert "through submitit (local)" in stdout and "ar_seed1: submitted as job" in stdout
     assert "ar_seed1: job " in stdout and "stopped by SIGTERM (preempted); resubmitted" in stdout
