@@ -71,17 +71,13 @@ from arseg.losses._checks import (
 from arseg.losses._dense import check_reduction
 from arseg.losses.aaf import check_aaf_options
 from arseg.losses.dice import check_dice_options
-from arseg.losses.mmseg_conventions import (
-    check_loss_name,
-    check_loss_weight,
-    resolve_mmseg_call,
-)
+from arseg.losses.mmseg_conventions import MMSegLossSettings, resolve_mmseg_call
 from arseg.losses.rmi import check_rmi_options
 
 __all__ = ["MODELS", "REGISTERED", "ArsegAAFLoss", "ArsegDiceLoss", "ArsegRMILoss", "register"]
 
 
-class _MMSegPeerLoss(nn.Module):
+class _MMSegPeerLoss(nn.Module, MMSegLossSettings):
     """mmseg's calling conventions around one of arseg's full-resolution peer losses."""
 
     _fn: Callable[..., Tensor]
@@ -99,27 +95,13 @@ class _MMSegPeerLoss(nn.Module):
         super().__init__()
         check_ignore_index(ignore_index)
         check_reduction(reduction)
-        self._loss_name = check_loss_name(loss_name)
-        self.loss_weight = loss_weight  # checked by the setter
+        self._init_loss_settings(loss_name, loss_weight)
         if not isinstance(align_corners, bool):
             raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.align_corners = align_corners
         self.options = options
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
-
-    @property
-    def loss_weight(self) -> float:
-        return self._loss_weight
-
-    @loss_weight.setter
-    def loss_weight(self, value: float) -> None:
-        # a setter: a hook that sets the weight during training (AAF's decay) is checked too
-        self._loss_weight = check_loss_weight(value)
 
     def forward(
         self,

@@ -28,7 +28,13 @@ from ._checks import (
 from ._dense import REDUCTIONS, check_number
 from .affinity import compute_dtype
 
-__all__ = ["LOSS_NAME_PREFIX", "check_loss_name", "check_loss_weight", "resolve_mmseg_call"]
+__all__ = [
+    "LOSS_NAME_PREFIX",
+    "MMSegLossSettings",
+    "check_loss_name",
+    "check_loss_weight",
+    "resolve_mmseg_call",
+]
 
 #: What an mmseg loss's ``loss_name`` must start with to be trained (mmseg's convention).
 LOSS_NAME_PREFIX = "loss_"
@@ -62,6 +68,31 @@ def check_loss_name(value: object) -> str:
             f"logs other keys without adding them to the training loss), got {value!r}"
         )
     return value
+
+
+class MMSegLossSettings:
+    """``loss_name`` (read only, checked once) and ``loss_weight`` (checked on every set) of a
+    loss module mmseg builds: a mixin for :class:`arseg.losses.ARLoss` and the peers' wrappers.
+    A setter, because a hook may set the weight during training (AAF's decay)."""
+
+    _loss_name: str
+    _loss_weight: float
+
+    def _init_loss_settings(self, loss_name: object, loss_weight: object) -> None:
+        self._loss_name = check_loss_name(loss_name)
+        self.loss_weight = loss_weight
+
+    @property
+    def loss_name(self) -> str:
+        return self._loss_name
+
+    @property
+    def loss_weight(self) -> float:
+        return self._loss_weight
+
+    @loss_weight.setter
+    def loss_weight(self, value: object) -> None:
+        self._loss_weight = check_loss_weight(value)
 
 
 def resolve_mmseg_call(

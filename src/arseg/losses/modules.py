@@ -20,7 +20,7 @@ from ._checks import (
 )
 from .affinity import ScalesArg, check_kernel
 from .functional import METHODS, REDUCTIONS, ar_loss, check_objective
-from .mmseg_conventions import check_loss_name, check_loss_weight, resolve_mmseg_call
+from .mmseg_conventions import MMSegLossSettings, resolve_mmseg_call
 from .sampling import normalize_scales
 
 __all__ = ["ARLoss", "CEARLoss", "CEARLossOutput"]
@@ -44,7 +44,7 @@ def _check_options(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
 
 
-class ARLoss(nn.Module):
+class ARLoss(nn.Module, MMSegLossSettings):
     """Affinity Regression loss as a module; see :func:`arseg.losses.ar_loss` for the maths.
 
     Args:
@@ -111,27 +111,13 @@ class ARLoss(nn.Module):
     ) -> None:
         super().__init__()
         _check_options(scales, ignore_index, reduction, method, kernel, objective)
-        self._loss_name = check_loss_name(loss_name)
-        self.loss_weight = loss_weight  # checked by the setter
+        self._init_loss_settings(loss_name, loss_weight)
         self.scales = scales
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.method = method
         self.kernel = kernel
         self.objective = objective
-
-    @property
-    def loss_name(self) -> str:
-        return self._loss_name
-
-    @property
-    def loss_weight(self) -> float:
-        return self._loss_weight
-
-    @loss_weight.setter
-    def loss_weight(self, value: float) -> None:
-        # a setter: a hook that sets the weight during training is checked as well
-        self._loss_weight = check_loss_weight(value)
 
     def forward(
         self,
