@@ -143,7 +143,7 @@ def time_recipe(
     """
     import torch
 
-    from arseg.engine.datamodule import build_eval_dataset
+    from arseg.engine.datamodule import build_eval_dataset, build_eval_loader
     from arseg.engine.module import SegmentationModule
     from arseg.engine.objective import term_weights
 
@@ -179,8 +179,11 @@ def time_recipe(
         step_s = {name: statistics.median(values) for name, values in times.items()}
         module = built[next(iter(built))][0]
         val = build_eval_dataset({**first, "model": {**first["model"], "num_classes": num_classes}})
-        bs = min(int(first["data"]["val_batch_size"]), len(val))
-        images = torch.stack([val[i][0] for i in range(bs)]).to(device)
+        # the first evaluation batch as a run batches it (images of one size: a user's folder
+        # may mix sizes), read in this process
+        eval_cfg = {**first, "data": {**first["data"], "num_workers": 0}}
+        images = next(iter(build_eval_loader(eval_cfg, val)[0]))[0].to(device)
+        bs = int(images.shape[0])
         module.eval()
         with torch.inference_mode():
             module.model(images)  # warm-up
