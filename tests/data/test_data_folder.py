@@ -73,6 +73,20 @@ def test_list_file_names_with_or_without_extension(tmp_path):
     assert len(ds) == 1
 
 
+def test_a_list_file_matches_suffixes_case_insensitively_as_the_scan_does(tmp_path):
+    make_folder(tmp_path, img_ext=".JPG")
+    (tmp_path / "masks" / "val" / "i02.png").rename(tmp_path / "masks" / "val" / "i02.PNG")
+    scanned = build_dataset("folder", root=tmp_path, split="val")
+    assert [p[0].name for p in scanned.pairs] == ["i00.JPG", "i01.JPG", "i02.JPG"]
+    (tmp_path / "val.txt").write_text("i02\ni00.JPG\ni01.jpg\n")
+    listed = build_dataset("folder", root=tmp_path, split="val")
+    assert [p[0].name for p in listed.pairs] == ["i02.JPG", "i00.JPG", "i01.JPG"]
+    assert [p[1].name for p in listed.pairs] == ["i02.PNG", "i00.png", "i01.png"]
+    (tmp_path / "val.txt").write_text("I00\n")  # the name itself is matched exactly
+    with pytest.raises(FileNotFoundError, match="names 'I00' but no image"):
+        build_dataset("folder", root=tmp_path, split="val")
+
+
 def test_custom_dirs_suffixes_and_subfolders(tmp_path):
     # Cityscapes-like names: city sub-folders, suffixes that carry more than the extension
     rng = np.random.default_rng(1)

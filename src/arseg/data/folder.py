@@ -338,6 +338,32 @@ class FolderDataset(PairedImageDataset):
     def _mask_of(self, stem: str) -> Path:
         return self.ann_dir / f"{stem}{self.seg_map_suffix}"
 
+    @staticmethod
+    def _find_file(
+        folder: Path,
+        stem: str,
+        suffixes: Sequence[str],
+        listings: dict[Path, dict[str, list[Path]]],
+    ) -> Path | None:
+        """The file ``folder/stem + suffix`` for the first suffix that has one; the suffix is
+        matched case-insensitively (``a.JPG`` for ``.jpg``), as the scan of a folder matches it
+        (``listings``: the folders listed so far, filled here)."""
+        for suffix in suffixes:
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+        parent, name = (folder / stem).parent, Path(stem).name
+        if parent not in listings:  # once per folder: {lower-case name: paths}
+            listing: dict[str, list[Path]] = {}
+            if parent.is_dir():
+                for path in parent.iterdir():
+                    listing.setdefault(path.name.lower(), []).append(path)
+            listings[parent] = listing
+        for suffix in suffixes:
+            for path in listings[parent].get(f"{name}{suffix}".lower(), []):
+                if path.name.startswith(name) and path.is_file():
+                    return path
+        return None
+
     def _expected_images(self, stem: str) -> str:
         options = "|".join(self.img_suffixes)
         return str(self.img_dir / stem) + (
@@ -354,27 +380,22 @@ class FolderDataset(PairedImageDataset):
         self._check_folder(self.img_dir, "image")
         self._check_folder(self.ann_dir, "mask")
         pairs = []
+        listings: dict[Path, dict[str, list[Path]]] = {}
         for lineno, line in enumerate(list_file.read_text().splitlines(), start=1):
             entry = line.strip()
             if not entry:
                 continue
             suffixes = (*self.img_suffixes, self.seg_map_suffix)  # a.jpg or a.png: a
             stem = self._strip_suffix(entry, suffixes) or entry
-            image = next(
-                (
-                    self.img_dir / f"{stem}{s}"
-                    for s in self.img_suffixes
-                    if (self.img_dir / f"{stem}{s}").is_file()
-                ),
-                None,
-            )
+            image = self._find_file(self.img_dir, stem, self.img_suffixes, listings)
             if image is None:
                 raise FileNotFoundError(
                     f"{self.dataset_name}: {list_file} line {lineno} names {entry!r} but no image "
                     f"{self._expected_images(stem)} exists"
                 )
-            mask = self._mask_of(stem)
-            if not mask.is_file():
+            mask = self._find_file(self.ann_dir, stem, (self.seg_map_suffix,), listings)
+            if mask is None:
+                mask = self._mask_of(stem)
                 raise FileNotFoundError(
                     f"{self.dataset_name}: image {image} has no mask: expected {mask}"
                 )
