@@ -292,3 +292,10 @@ def test_an_unknown_option_lists_the_valid_ones(tmp_path):
         ValueError, match=r"folder: unknown option 'img_dirr'; valid options: img_dir"
     ):
         build_dataset("folder", root=tmp_path, split="val", img_dirr="x")
+
+
+def test_seg_map_suffix_is_one_suffix_not_a_list_of_which_one_is_read(tmp_path):
+    make_folder(tmp_path)
+    assert build_dataset("folder", root=tmp_path, split="val", seg_map_suffix=[".png"])
+    with pytest.raises(ValueError, match=r"seg_map_suffix must be one suffix, got \['_m.png'"):
+        build_dataset("folder", root=tmp_path, split="val", seg_map_suffix=["_m.png", ".png"])

@@ -206,7 +206,12 @@ class FolderDataset(PairedImageDataset):
         self.root = root
         self.split = split
         self.img_suffixes = _strings(img_suffix, "img_suffix", name)
-        self.seg_map_suffix = _strings(seg_map_suffix, "seg_map_suffix", name)[0]
+        mask_suffixes = _strings(seg_map_suffix, "seg_map_suffix", name)
+        if len(mask_suffixes) > 1:  # one mask per image: which of several would be read?
+            raise ValueError(
+                f"{name}: seg_map_suffix must be one suffix, got {list(mask_suffixes)!r}"
+            )
+        self.seg_map_suffix = mask_suffixes[0]
         if list_format not in ("names", "pairs"):
             raise ValueError(f"{name}: list_format must be 'names' or 'pairs', got {list_format!r}")
         if not isinstance(reduce_zero_label, bool):
