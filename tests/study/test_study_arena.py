@@ -182,6 +182,15 @@ def test_a_recorded_arena_is_continued_extended_or_refused(tmp_path) -> None:
     assert confirmed.confirm_split == "test"
 
 
+def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    arena, out, _ = _resolve(tmp_path, terms="ar", weights="1", seeds="1", data_root="data")
+    assert arena.data_root == str(tmp_path / "data")
+    _record(out, arena)
+    monkeypatch.chdir(out)  # `arseg arena DIR` from elsewhere reads the same folder
+    assert resolve_arena(out)[0].data_root == str(tmp_path / "data")
+
+
 def test_the_study_of_an_extended_arena_extends_the_recorded_study(tmp_path, capsys) -> None:
     from arseg.study.config import record_study
 

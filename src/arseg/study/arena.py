@@ -484,7 +484,10 @@ def resolve_arena(
         finetune=paths["finetune"],
         terms=_merge_terms(base.terms if base else {}, asked),
         confirm_split=str(split) if split is not None else (base.confirm_split if base else None),
-        data_root=data_root if data_root is not None else (base.data_root if base else None),
+        # absolute, as baseline and finetune: a later `arseg arena DIR` may run elsewhere
+        data_root=str(Path(data_root).expanduser().resolve())
+        if data_root is not None
+        else (base.data_root if base else None),
         **settings,
     )
     if arena.confirm_split is not None and arena.confirm_split == arena.eval_split:
