@@ -299,3 +299,12 @@ def test_seg_map_suffix_is_one_suffix_not_a_list_of_which_one_is_read(tmp_path):
     assert build_dataset("folder", root=tmp_path, split="val", seg_map_suffix=[".png"])
     with pytest.raises(ValueError, match=r"seg_map_suffix must be one suffix, got \['_m.png'"):
         build_dataset("folder", root=tmp_path, split="val", seg_map_suffix=["_m.png", ".png"])
+
+
+def test_rgb_masks_refuse_the_options_of_index_masks(tmp_path):
+    colors = [(250, 0, 0), (0, 250, 0), (0, 0, 250)]
+    _rgb_folder(tmp_path, colors)
+    options = {"classes": CLASSES, "mask_colors": colors, "ignore_colors": [[0, 0, 0]]}
+    for extra in ({"reduce_zero_label": True}, {"ignore_index": 0}):
+        with pytest.raises(ValueError, match=f"{next(iter(extra))} .*mask values.*ignore_colors"):
+            build_dataset("folder", root=tmp_path, split="train", **options, **extra)

@@ -229,6 +229,17 @@ class FolderDataset(PairedImageDataset):
             )
         if ignore_colors is not None and self.mask_colors is None:
             raise ValueError(f"{name}: ignore_colors needs mask_colors (RGB masks)")
+        if self.mask_colors is not None:  # they read mask values, which RGB masks do not hold
+            for key, value, default in (
+                ("reduce_zero_label", reduce_zero_label, False),
+                ("ignore_index", ignore_index, IGNORE_INDEX),
+            ):
+                if value != default:
+                    raise ValueError(
+                        f"{name}: {key} applies to mask values, not to RGB masks read through "
+                        f"mask_colors (got {key}={value!r}): mark unlabelled colours with "
+                        "ignore_colors"
+                    )
         self.palette = _colors(palette, "palette", name) if palette is not None else None
         if self.palette is not None and len(self.palette) != num:
             raise ValueError(f"{name}: palette has {len(self.palette)} colours for {num} classes")
