@@ -97,3 +97,16 @@ def test_one_place_checks_the_loss_weight_and_name() -> None:
         check_loss_weight(-0.5)
     with pytest.raises(ValueError, match="'x'"):
         check_loss_name("x")
+
+
+def test_a_numpy_scalar_loss_weight_is_taken_as_before() -> None:
+    # float(loss_weight) took them before the check; a hook may compute a weight with numpy
+    import numpy as np
+
+    for value in (np.float32(0.5), np.float64(0.5), np.int64(2)):
+        assert check_loss_weight(value) == float(value)
+        assert type(ARLoss(loss_weight=value).loss_weight) is float
+    with pytest.raises(ValueError, match="loss_weight"):
+        check_loss_weight(np.float32("nan"))
+    with pytest.raises(TypeError, match="loss_weight"):
+        check_loss_weight(np.bool_(True))

@@ -13,6 +13,8 @@ start with ``loss_``, or mmseg logs the value without adding it to the training 
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -47,6 +49,8 @@ def check_loss_weight(value: object) -> float:
         TypeError: not a number (``"0.1"``, ``None``, ``True``); ValueError: NaN, infinite or
             negative (a negative weight would turn the loss into a reward).
     """
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        value = float(value)  # a numpy scalar (np.float32(0.1)), as float() took it before
     return check_number(value, "loss_weight", low=0.0)
 
 
