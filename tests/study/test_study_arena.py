@@ -87,6 +87,7 @@ def test_the_default_arena_resolves_every_arm_of_every_term(tmp_path) -> None:
         ({"seeds": "one"}, "--seeds: 'one' is not an integer"),
         ({"parallel": 0}, "--parallel must be an int >= 1"),
         ({"confirm_split": "val"}, "--confirm-split val is the split that picks the weights"),
+        ({"data_root": "elsewhere"}, "--data-root is the confirm split's: give --confirm-split"),
     ],
 )
 def test_bad_options_are_one_line(tmp_path, options, message) -> None:
@@ -184,7 +185,9 @@ def test_a_recorded_arena_is_continued_extended_or_refused(tmp_path) -> None:
 
 def test_a_relative_data_root_is_recorded_absolute(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    arena, out, _ = _resolve(tmp_path, terms="ar", weights="1", seeds="1", data_root="data")
+    arena, out, _ = _resolve(
+        tmp_path, terms="ar", weights="1", seeds="1", confirm_split="test", data_root="data"
+    )
     assert arena.data_root == str(tmp_path / "data")
     _record(out, arena)
     monkeypatch.chdir(out)  # `arseg arena DIR` from elsewhere reads the same folder

@@ -490,6 +490,11 @@ def resolve_arena(
         else (base.data_root if base else None),
         **settings,
     )
+    if arena.data_root is not None and arena.confirm_split is None:  # it would be unused
+        raise StudyError(
+            "--data-root is the confirm split's: give --confirm-split too (the runs train and "
+            "are evaluated on their configs' data.root)"
+        )
     if arena.confirm_split is not None and arena.confirm_split == arena.eval_split:
         raise StudyError(
             f"--confirm-split {arena.confirm_split} is the split that picks the weights: "
