@@ -184,6 +184,19 @@ def test_check_never_writes_into_the_data_folder(tmp_path, capsys):
     assert (tmp_path / "a" / "b.png").is_file()
 
 
+def test_check_never_writes_into_an_image_folder_outside_the_root(tmp_path, capsys):
+    _folder(tmp_path / "data")
+    (tmp_path / "data" / "images").rename(tmp_path / "pictures")  # img_dir beside the root
+    config = _configs(tmp_path)
+    images = tmp_path / "pictures" / "{split}"
+    with config.open("a") as f:
+        f.write(f"  options: {{img_dir: '{images}'}}\n")
+    out = tmp_path / "pictures" / "val" / "check.png"
+    assert main(["data", "check", str(config), "--split", "val", "--out", str(out)]) == 1
+    assert "into the data folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_check_a_config_with_a_bad_key_or_no_file_is_one_line(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("data:\n  rooot: x\n")
     assert main(["data", "check", str(tmp_path / "bad.yaml")]) == 1

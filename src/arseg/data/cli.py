@@ -148,12 +148,14 @@ def _check(args: argparse.Namespace) -> int:
         out = None
         if not args.no_picture:
             out = Path(args.out or f"data_check_{label}_{spec['split']}.png").expanduser()
-            root = getattr(dataset, "root", None)
-            if root is not None and out.resolve().is_relative_to(Path(root).resolve()):
-                raise ValueError(
-                    f"the picture {out} would be written into the data folder {root}: give "
-                    "--out a path outside it"
-                )
+            # the root, and the image and mask folders where a layout puts them elsewhere
+            for attr in ("root", "img_dir", "ann_dir"):
+                folder = getattr(dataset, attr, None)
+                if folder is not None and out.resolve().is_relative_to(Path(folder).resolve()):
+                    raise ValueError(
+                        f"the picture {out} would be written into the data folder {folder}: "
+                        "give --out a path outside it"
+                    )
         report = check_split(dataset, progress=sys.stderr.isatty())
     except (FileNotFoundError, DatasetError, ValueError, TypeError) as err:
         return _fail(err)
