@@ -103,7 +103,7 @@ def main() -> None:
     ax.set_xlabel("weight of the term (CE + weight x term)")
     ax.set_ylabel("val mIoU - CE only (points, 95 % CI)")
     ax.set_title("CamVid, shared peak, 5 paired seeds: gain against the term's weight")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     args.out.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out / "weight_curves_val.png", dpi=110)
