@@ -388,7 +388,8 @@ def resolve_arena(
 
     ``source``: an arena YAML or an arena directory (or None: the options say it all). Options
     given override the YAML; a recorded arena supplies what neither gives. Terms and weights
-    extend a recorded arena (the union); any other setting that decides the runs' numbers
+    extend a recorded arena (the union; ``weights`` without ``terms`` extends the recorded
+    terms, not every known one); any other setting that decides the runs' numbers
     (seeds, baseline, recipe, threads, ...) must equal the recorded one.
 
     Raises:
@@ -440,6 +441,8 @@ def resolve_arena(
             chosen = {t: list(known[t].ladder) for t in parse_terms(terms)}
         elif "terms" in yaml_raw:
             chosen = _yaml_terms(yaml_raw["terms"], where)
+        elif base is not None:  # `arseg arena DIR --weights W`: W for the arena's own terms
+            chosen = {t: list(w) for t, w in base.terms.items()}
         else:
             chosen = {t: list(spec.ladder) for t, spec in known.items()}
         if terms is not None and "terms" in yaml_raw:  # the YAML's ladders of the chosen terms
