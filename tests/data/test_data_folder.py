@@ -109,6 +109,20 @@ def test_custom_dirs_suffixes_and_subfolders(tmp_path):
     }
     ds = build_dataset("folder", root=tmp_path, split="train", **options)
     assert len(ds) == 2 and ds.pairs[1][1].name == "bonn_1_gtFine_labelTrainIds.png"
+    assert [ds.sample_name(i) for i in range(2)] == ["aachen/aachen_1", "bonn/bonn_1"]
+
+
+def test_equal_file_names_in_sub_folders_get_distinct_sample_names(tmp_path):
+    for sub in ("day", "night"):
+        for folder, ext in (("images", ".jpg"), ("masks", ".png")):
+            (tmp_path / folder / "val" / sub).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(
+            tmp_path / "images/val" / sub / "0001.jpg"
+        )
+        Image.fromarray(np.zeros((6, 6), np.uint8)).save(tmp_path / "masks/val" / sub / "0001.png")
+    ds = build_dataset("folder", root=tmp_path, split="val", classes=["a"])
+    names = [ds.sample_name(i) for i in range(len(ds))]
+    assert names == ["day/0001", "night/0001"]  # the stems alone would collide in metrics.json
 
 
 def test_classes_from_the_config_and_from_the_file(tmp_path):

@@ -470,6 +470,17 @@ class FolderDataset(PairedImageDataset):
         return [(images[stem], masks[stem]) for stem in images]
 
     # ---------------------------------------------------------------- reading
+    def sample_name(self, index: int) -> str:
+        """The image's path under ``img_dir`` without its suffix (``bonn/0001``): unique in a
+        split, where the file stem alone is not once sub-folders repeat names. An image outside
+        ``img_dir`` (a list of foreign paths) is named by its stem."""
+        image = self.pairs[index][0]
+        try:
+            rel = image.relative_to(self.img_dir).as_posix()
+        except ValueError:
+            return image.stem
+        return self._strip_suffix(rel, self.img_suffixes) or image.stem
+
     def read_label_file(self, path: Path) -> np.ndarray:
         if self._color_table is None:
             return read_label(path, hint=" (RGB colour masks need data.options.mask_colors)")
