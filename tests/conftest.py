@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -90,3 +91,36 @@ def stanford_dir() -> Path:
             f"the Stanford Background folder {root} exists but is unusable: " + "; ".join(problems)
         )
     return root
+
+
+def write_folder_dataset(
+    root: Path,
+    sizes: dict[str, list[tuple[int, int]]],
+    *,
+    img_ext: str = ".png",
+    values: tuple[int, ...] = (0, 1, 2, 255),
+    classes: list[str] | None = None,
+    name_format: str = "{split}{i}",
+) -> dict[str, list[np.ndarray]]:
+    """Write a folder dataset in the default layout: ``images/{split}/NAME{img_ext}`` (random
+    RGB) and ``masks/{split}/NAME.png`` (mode L, each pixel one of ``values``), one image per
+    ``(H, W)`` in ``sizes[split]``, NAME from ``name_format`` (``split``, ``i``); and
+    ``classes.txt`` where ``classes`` is given. Deterministic (seed 0). Returns the masks by split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    masks: dict[str, list[np.ndarray]] = {}
+    for split, shapes in sizes.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+        masks[split] = []
+        for i, shape in enumerate(shapes):
+            name = name_format.format(split=split, i=i)
+            image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / "images" / split / f"{name}{img_ext}")
+            mask = rng.choice(values, size=shape).astype(np.uint8)
+            Image.fromarray(mask).save(root / "masks" / split / f"{name}.png")
+            masks[split].append(mask)
+    if classes is not None:
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    return masks

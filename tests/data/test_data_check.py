@@ -12,6 +12,8 @@ from PIL import Image
 
 from arseg.cli import main
 
+from ..conftest import write_folder_dataset
+
 
 def _camvid_layout(root, labels: list[np.ndarray]) -> None:
     """A CamVid-layout folder (SegNet list prefixes) with one 8x10 image per label map."""
@@ -101,24 +103,18 @@ def test_check_by_name_draws_its_picture_in_the_current_directory(tmp_path, cwd,
 
 
 def _folder(root: Path, n: int = 4) -> list[np.ndarray]:
-    """A folder dataset (default layout, 3 classes in classes.txt) of n val images of 2 sizes."""
-    rng = np.random.default_rng(0)
-    masks = []
-    for split in ("train", "val"):
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-    for i in range(n):
-        size = (12, 16) if i % 2 == 0 else (16, 12)
-        image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        Image.fromarray(image).save(root / "images" / "val" / f"v{i}.jpg")
-        mask = rng.choice([0, 1, 255], size=size, p=[0.5, 0.4, 0.1]).astype(np.uint8)
-        mask[0, 0] = 0
-        Image.fromarray(mask).save(root / "masks" / "val" / f"v{i}.png")
-        masks.append(mask)
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / "images" / "train" / "t.png")
-    Image.fromarray(np.full((8, 8), 2, np.uint8)).save(root / "masks" / "train" / "t.png")
-    (root / "classes.txt").write_text("ground\nplant\nwater\n")
-    return masks
+    """A folder dataset (default layout, 3 classes in classes.txt, the third never drawn) of n
+    val images of 2 sizes and one train image. Returns the val masks."""
+    val = [(12, 16) if i % 2 == 0 else (16, 12) for i in range(n)]
+    masks = write_folder_dataset(
+        root,
+        {"train": [(8, 8)], "val": val},
+        img_ext=".jpg",
+        values=(0, 1, 255),
+        classes=["ground", "plant", "water"],
+        name_format="v{i}",
+    )
+    return masks["val"]
 
 
 def _configs(tmp_path: Path) -> Path:

@@ -13,6 +13,8 @@ from PIL import Image
 from arseg.data import DatasetError, build_dataset, build_train_transform
 from arseg.data.base import read_label
 
+from ..conftest import write_folder_dataset
+
 CLASSES = ["sky", "tree", "road"]
 
 
@@ -24,22 +26,14 @@ def make_folder(
     values=(0, 1, 2, 255),
     classes_txt: bool = True,
 ) -> list[np.ndarray]:
-    """The default layout: images/{split}/iNN.jpg, masks/{split}/iNN.png (mode L), classes.txt.
-    Returns the masks written."""
-    rng = np.random.default_rng(0)
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "masks" / split).mkdir(parents=True, exist_ok=True)
-    masks = []
-    for i, size in enumerate(sizes):
-        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(
-            root / "images" / split / f"i{i:02d}{img_ext}"
-        )
-        mask = rng.choice(values, size=size).astype(np.uint8)
-        Image.fromarray(mask).save(root / "masks" / split / f"i{i:02d}.png")
-        masks.append(mask)
+    """The default layout: images/{split}/iNN.jpg, masks/{split}/iNN.png (mode L), classes.txt
+    (with a trailing blank line, which is skipped). Returns the masks written."""
+    masks = write_folder_dataset(
+        root, {split: list(sizes)}, img_ext=img_ext, values=values, name_format="i{i:02d}"
+    )
     if classes_txt:
         (root / "classes.txt").write_text("\n".join(CLASSES) + "\n\n")
-    return masks
+    return masks[split]
 
 
 def test_default_layout_reads_every_image_with_its_mask(tmp_path):
@@ -114,7 +108,7 @@ def test_custom_dirs_suffixes_and_subfolders(tmp_path):
 
 def test_equal_file_names_in_sub_folders_get_distinct_sample_names(tmp_path):
     for sub in ("day", "night"):
-        for folder, ext in (("images", ".jpg"), ("masks", ".png")):
+        for folder in ("images", "masks"):
             (tmp_path / folder / "val" / sub).mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((6, 6, 3), np.uint8)).save(
             tmp_path / "images/val" / sub / "0001.jpg"

@@ -15,6 +15,8 @@ from arseg.engine.config import load_config
 from arseg.engine.datamodule import SeedDataModule, SizeGroupedBatchSampler
 from arseg.models import is_model, register_model
 
+from ..conftest import write_folder_dataset
+
 
 def test_tiny_cnn(num_classes: int, pretrained: bool = False) -> nn.Module:
     """A 3-layer CNN (stride 2, BatchNorm, a dilated 3x3): its outputs near an image's border
@@ -50,18 +52,8 @@ def test_size_grouped_batches_hold_one_size_and_every_index_once():
 
 def _folder(root: Path) -> Path:
     """4 train and 7 val images of 3 sizes (one portrait), 3 classes."""
-    rng = np.random.default_rng(0)
-    sizes = {"train": [(32, 40)] * 4, "val": [(32, 40), (24, 40), (32, 40), (40, 32), (24, 40)]}
-    sizes["val"] += [(32, 40), (40, 32)]
-    for split, shapes in sizes.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i, shape in enumerate(shapes):
-            image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / "images" / split / f"{split}{i}.png")
-            mask = rng.choice([0, 1, 2, 255], size=shape).astype(np.uint8)
-            Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
-    (root / "classes.txt").write_text("a\nb\nc\n")
+    val = [(32, 40), (24, 40), (32, 40), (40, 32), (24, 40), (32, 40), (40, 32)]
+    write_folder_dataset(root, {"train": [(32, 40)] * 4, "val": val}, classes=["a", "b", "c"])
     return root
 
 

@@ -4,28 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
 from arseg.engine.config import load_config
 from arseg.study.arena_plan import time_recipe
 
+from ..conftest import write_folder_dataset
 from .conftest import write_config
 
 
 def _mixed_size_folder(root: Path) -> Path:
     """A folder dataset whose val images have two sizes, the first two differing."""
-    rng = np.random.default_rng(0)
-    shapes = {"train": [(32, 32)] * 4, "val": [(32, 32), (24, 32), (32, 32)]}
-    for split, sizes in shapes.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "masks" / split).mkdir(parents=True)
-        for i, shape in enumerate(sizes):
-            image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
-            Image.fromarray(image).save(root / "images" / split / f"{split}{i}.png")
-            mask = rng.integers(0, 3, shape, dtype=np.uint8)
-            Image.fromarray(mask).save(root / "masks" / split / f"{split}{i}.png")
-    (root / "classes.txt").write_text("a\nb\nc\n")
+    sizes = {"train": [(32, 32)] * 4, "val": [(32, 32), (24, 32), (32, 32)]}
+    write_folder_dataset(root, sizes, values=(0, 1, 2), classes=["a", "b", "c"])
     return root
 
 
