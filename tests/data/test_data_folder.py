@@ -226,6 +226,35 @@ def test_image_without_mask_mask_without_image_and_empty_split(tmp_path):
         build_dataset("folder", root=tmp_path, split="test")
 
 
+@pytest.mark.parametrize(
+    ("img_suffix", "seg_map_suffix"), [(".png", "_mask.png"), ("_img.png", ".png")]
+)
+def test_images_and_masks_in_one_folder_told_apart_by_the_longer_suffix(
+    tmp_path, img_suffix, seg_map_suffix
+):
+    folder = tmp_path / "all"
+    folder.mkdir()
+    masks = {}
+    for i, name in enumerate(("a", "b")):
+        Image.fromarray(np.full((6, 8, 3), 40 * i, np.uint8)).save(folder / f"{name}{img_suffix}")
+        masks[name] = np.full((6, 8), i, np.uint8)
+        Image.fromarray(masks[name]).save(folder / f"{name}{seg_map_suffix}")
+    options = {"img_dir": "all", "ann_dir": "all", "classes": ["x", "y"]}
+    options.update(img_suffix=img_suffix, seg_map_suffix=seg_map_suffix)
+    scanned = build_dataset("folder", root=tmp_path, split="val", **options)
+    assert [(p[0].name, p[1].name) for p in scanned.pairs] == [
+        (f"{n}{img_suffix}", f"{n}{seg_map_suffix}") for n in ("a", "b")
+    ]
+    assert [scanned.sample_name(i) for i in range(2)] == ["a", "b"]
+    for i, name in enumerate(("a", "b")):
+        assert np.array_equal(scanned[i][1].numpy(), masks[name])
+    # a list may name an entry by its image, its mask or its bare name
+    (tmp_path / "val.txt").write_text(f"b{seg_map_suffix}\na{img_suffix}\nb\n")
+    listed = build_dataset("folder", root=tmp_path, split="val", **options)
+    assert [p[1].name for p in listed.pairs] == [f"{n}{seg_map_suffix}" for n in "bab"]
+    assert [p[0].name for p in listed.pairs] == [f"{n}{img_suffix}" for n in "bab"]
+
+
 def test_size_mismatch_and_unreadable_files_are_named(tmp_path):
     make_folder(tmp_path)
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "masks" / "val" / "i02.png")

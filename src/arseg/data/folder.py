@@ -345,8 +345,10 @@ class FolderDataset(PairedImageDataset):
 
     # ---------------------------------------------------------------- pairing
     def _strip_suffix(self, filename: str, suffixes: Sequence[str]) -> str | None:
+        """``filename`` without the longest of ``suffixes`` it ends with (case-insensitive), so
+        that ``a_mask.png`` is ``a`` for the suffixes ``.png`` and ``_mask.png``; None if none."""
         lower = filename.lower()
-        for suffix in suffixes:
+        for suffix in sorted(suffixes, key=len, reverse=True):
             if lower.endswith(suffix.lower()) and len(filename) > len(suffix):
                 return filename[: -len(suffix)]
         return None
@@ -420,16 +422,24 @@ class FolderDataset(PairedImageDataset):
             raise DatasetError(f"{self.dataset_name}: list file {list_file} is empty")
         return pairs
 
-    def _scan(self, folder: Path, suffixes: Sequence[str], exclude: str | None) -> dict[str, Path]:
+    def _scan(
+        self, folder: Path, suffixes: Sequence[str], others: Sequence[str] = ()
+    ) -> dict[str, Path]:
+        """``{name: path}`` of the files under ``folder`` that end with one of ``suffixes``.
+        ``others``: the other kind's suffixes where images and masks share the folder; a file
+        belongs to the kind whose suffix it ends with is longer (``a_mask.png`` is a mask for
+        ``_mask.png`` against ``.png``; ``a_img.png`` an image for ``_img.png`` against
+        ``.png``)."""
         found: dict[str, Path] = {}
         for path in sorted(folder.rglob("*")):
             rel = path.relative_to(folder).as_posix()
             if any(part.startswith(".") for part in Path(rel).parts) or not path.is_file():
                 continue
-            if exclude is not None and rel.lower().endswith(exclude.lower()):
-                continue
             stem = self._strip_suffix(rel, suffixes)
             if stem is None:
+                continue
+            other = self._strip_suffix(rel, others)
+            if other is not None and len(other) < len(stem):
                 continue
             if stem in found:
                 raise DatasetError(
@@ -448,8 +458,8 @@ class FolderDataset(PairedImageDataset):
                 f"{name}: images and masks share the folder {self.img_dir} and the suffix "
                 f"{self.seg_map_suffix!r}: set img_suffix or seg_map_suffix to tell them apart"
             )
-        images = self._scan(self.img_dir, self.img_suffixes, self.seg_map_suffix if same else None)
-        masks = self._scan(self.ann_dir, (self.seg_map_suffix,), None)
+        images = self._scan(self.img_dir, self.img_suffixes, (self.seg_map_suffix,) if same else ())
+        masks = self._scan(self.ann_dir, (self.seg_map_suffix,), self.img_suffixes if same else ())
         if not images:
             raise DatasetError(
                 f"{name}: split {self.split!r} is empty: no image ({', '.join(self.img_suffixes)}) "
