@@ -7,7 +7,8 @@ directory given), on val.
         --out docs/experiments/arena_v4
 
 Each directory is a finished study (an arena is one) analysed by ``arseg study DIR``, which
-writes ``summary_val.json`` with the best-val and last-step rows of every arm against CE only.
+writes ``summary_val.json`` with the best-val and last-step rows of every arm against CE only;
+an arena without it gives its curves from ``arena_answer.json`` (no tables).
 The CamVid LW-RefineNet arena is quoted (``camvid_arena.md`` and study 4: those directories are
 not in git). Prints, per directory: every arm at best-val and at the last step (mean ± std,
 gain with its two-level bootstrap 95 % interval, seeds ahead, Boundary IoU and pixel accuracy
@@ -121,6 +122,17 @@ def curves_of(rows: dict[str, dict]) -> dict[str, dict[float, tuple[float, float
     return curves
 
 
+def answer_curves(path: Path) -> dict[str, dict[float, tuple[float, float, float]]]:
+    """Every term's weight curve from an arena's ``arena_answer.json`` (best-val)."""
+    answer = json.loads(path.read_text())
+    return {
+        _TERM.get(row["label"], row["label"]): {
+            w: (100 * g, 100 * lo, 100 * hi) for w, g, lo, hi in row["curve"]
+        }
+        for row in answer["rows"]
+    }
+
+
 def ranking(curves: dict[str, dict[float, tuple[float, float, float]]]) -> list[str]:
     """Each term at its best val weight, best first (the best of a ladder on val: flattering)."""
     best = {t: max(points.items(), key=lambda p: p[1][0]) for t, points in curves.items()}
@@ -142,6 +154,13 @@ def main() -> None:
         name, sep, directory = item.rpartition("=")
         if not sep or not name:
             raise SystemExit(f"--arena wants NAME=DIR, got {item!r}")
+        if (
+            not (Path(directory) / "summary_val.json").is_file()
+            and (Path(directory) / "arena_answer.json").is_file()
+        ):  # an arena not yet re-analysed by `arseg study`: its curves only
+            panels[name] = answer_curves(Path(directory) / "arena_answer.json")
+            print(f"\n## {name}\n\nranking: " + "; ".join(ranking(panels[name])))
+            continue
         rows = read_rows(Path(directory))
         panels[name] = curves_of(rows)
         print(f"\n## {name}\n\n{control_line(rows)}\n")
