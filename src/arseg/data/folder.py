@@ -427,7 +427,7 @@ class FolderDataset(PairedImageDataset):
     ) -> dict[str, Path]:
         """``{name: path}`` of the files under ``folder`` that end with one of ``suffixes``.
         ``others``: the other kind's suffixes where images and masks share the folder; a file
-        belongs to the kind whose suffix it ends with is longer (``a_mask.png`` is a mask for
+        belongs to the kind whose matching suffix is longer (``a_mask.png`` is a mask for
         ``_mask.png`` against ``.png``; ``a_img.png`` an image for ``_img.png`` against
         ``.png``)."""
         found: dict[str, Path] = {}
