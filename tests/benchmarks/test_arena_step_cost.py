@@ -7,30 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from ..engine.conftest import write_config
+from .conftest import CE_ONLY, write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "arena_step_cost.py"
 
 
 def test_every_arm_is_timed_against_the_control(tmp_path) -> None:
-    write_config(tmp_path, "base.yaml")
-    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"_base_": "base.yaml"}))
-    study = {
-        "name": "tiny",
-        "baseline": "base.yaml",
-        "finetune": "ft.yaml",
-        "control": "ce",
-        "arms": {
-            "ce": {"label": "CE only", "seeds": [1], "overrides": {"loss.lambda_ar": 0.0}},
-            "dice": {"label": "CE + Dice", "seeds": [1], "overrides": {"loss.terms.dice": {}}},
-        },
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
+    dice = {"label": "CE + Dice", "seeds": [1], "overrides": {"loss.terms.dice": {}}}
+    study = write_tiny_study(tmp_path, {"ce": CE_ONLY, "dice": dice})
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--study", str(tmp_path / "study.yaml"), "--steps", "1",
+        [sys.executable, str(SCRIPT), "--study", str(study), "--steps", "1",
          "--rounds", "2", "--loss-reps", "1", "--camvid", str(tmp_path / "no_camvid")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip

@@ -7,31 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from ..engine.conftest import write_config
+from .conftest import CE_ONLY, write_tiny_study
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "benchmarks" / "cpu_precision.py"
 
 
-def _study(tmp_path: Path) -> Path:
-    write_config(tmp_path, "base.yaml")
-    (tmp_path / "ft.yaml").write_text(yaml.safe_dump({"_base_": "base.yaml"}))
-    study = {
-        "name": "tiny",
-        "baseline": "base.yaml",
-        "finetune": "ft.yaml",
-        "control": "ce",
-        "arms": {"ce": {"label": "CE only", "seeds": [1], "overrides": {"loss.lambda_ar": 0.0}}},
-    }
-    (tmp_path / "study.yaml").write_text(yaml.safe_dump(study))
-    return tmp_path / "study.yaml"
-
-
 def test_both_precisions_are_timed_and_compared(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--study", str(_study(tmp_path)), "--steps", "1",
+        [sys.executable, str(SCRIPT), "--study", str(write_tiny_study(tmp_path, {"ce": CE_ONLY})), "--steps", "1",
          "--rounds", "2", "--camvid", str(tmp_path / "no_camvid")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -44,7 +28,7 @@ def test_both_precisions_are_timed_and_compared(tmp_path) -> None:
 
 def test_an_unknown_arm_is_one_line(tmp_path) -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--study", str(_study(tmp_path)), "--arm", "nope"],
+        [sys.executable, str(SCRIPT), "--study", str(write_tiny_study(tmp_path, {"ce": CE_ONLY})), "--arm", "nope"],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 2 and "--arm 'nope' is not an arm of" in proc.stderr
