@@ -98,9 +98,15 @@ class ClusterRunner(Runner):
     ``scancel`` them) before running the study again, which keeps every finished run."""
 
     def __init__(
-        self, out: Path, total: int, parallel: int, split: str, cluster: ClusterSettings
+        self,
+        out: Path,
+        total: int,
+        parallel: int,
+        split: str,
+        cluster: ClusterSettings,
+        to_run: int | None = None,
     ) -> None:
-        super().__init__(out, total, parallel, split)
+        super().__init__(out, total, parallel, split, to_run)
         folder = out / "submitit" / "%j"
         if cluster.executor == "local":
             self.executor = submitit.LocalExecutor(folder=folder)

@@ -54,15 +54,18 @@ def prepare_baseline_view(study: StudyConfig, out: Path) -> None:
         (view / "eval").symlink_to(source / "eval", target_is_directory=True)
 
 
-def make_runner(study: StudyConfig, out: Path, total: int, split: str) -> Runner:
-    """The runner the study config asks for (``cluster``: submitit; else this machine)."""
+def make_runner(
+    study: StudyConfig, out: Path, total: int, split: str, to_run: int | None = None
+) -> Runner:
+    """The runner the study config asks for (``cluster``: submitit; else this machine);
+    ``to_run`` of the ``total`` jobs will run (default: all)."""
     if study.cluster is None:
-        return LocalRunner(out, total, study.parallel, split)
+        return LocalRunner(out, total, study.parallel, split, to_run)
     import importlib
 
     # by name: the cluster runner is an optional backend (the `cluster` extra), like a command
     cluster = importlib.import_module("arseg.study.cluster")
-    return cluster.ClusterRunner(out, total, study.parallel, split, study.cluster)
+    return cluster.ClusterRunner(out, total, study.parallel, split, study.cluster, to_run)
 
 
 def _check_states(out: Path) -> None:
@@ -164,7 +167,6 @@ def run_jobs(
     # split, or the study's own after the evaluation code changed.
     retarget = eval_split is not None
     jobs = [baseline, *finetunes]
-    runner = make_runner(study, out, total=len(jobs), split=split)
     if announce:
         print(provenance_line(), flush=True)
         arm_counts = ", ".join(f"{a} x{len(s.seeds)}" for a, s in study.arms.items())
@@ -205,6 +207,8 @@ def run_jobs(
             "state": str(state),
         }
         plan.append((job, spec))
+    to_run = sum(spec is not None for _job, spec in plan)
+    runner = make_runner(study, out, total=len(jobs), split=split, to_run=to_run)
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for job, spec in plan:

@@ -87,12 +87,18 @@ class Runner:
     status, or None) and stop it (:meth:`_terminate`).
     """
 
-    def __init__(self, out: Path, total: int, parallel: int, split: str) -> None:
+    def __init__(
+        self, out: Path, total: int, parallel: int, split: str, to_run: int | None = None
+    ) -> None:
         self.out = out
         self.total = total
+        # the jobs of ``total`` that will run (the others finished earlier and are skipped):
+        # what is left is estimated from these, not from every job not yet reached
+        self.to_run = total if to_run is None else to_run
         self.parallel = parallel
         self.split = split
         self.done = 0
+        self.ran = 0
         self.start = time.time()
         self.job_times: list[float] = []
         self.running: dict[str, tuple[Any, Job, float]] = {}
@@ -160,6 +166,7 @@ class Runner:
                 ):  # the estimate counts fine-tunes only (the baseline is longer)
                     self.job_times.append(took)
                 self.done += 1
+                self.ran += 1
                 self._progress(job, took)
             if not block or len(self.running) < self.parallel:
                 return
@@ -177,7 +184,7 @@ class Runner:
             what = f"{self.split} mIoU best {100 * best['miou']:.2f}"
             if last:
                 what += f", last {100 * last['miou']:.2f}"
-        remaining = self.total - self.done
+        remaining = self.to_run - self.ran
         eta = ""
         if remaining and self.job_times:
             mean = sum(self.job_times) / len(self.job_times)
