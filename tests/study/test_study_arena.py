@@ -303,6 +303,10 @@ def test_the_answer_ranks_each_terms_best_weight_and_names_the_term_to_add(
     assert "| 1 | AR | 3 (of 2) |" in text and "| 2 | Dice | 1 (of 2) |" in text
     assert "the best of each term's ladder on val, the split that chose them" in text
     assert "weights compared: ar 2, dice 2" in text and "1.02x" in text
+    # AR's gain was largest at its ladder's top (3 of 1, 3): the answer says to look above it
+    assert first["at_top"] and not second["at_top"]
+    assert "At the top of its ladder on val: AR 3 " in text
+    assert "`arseg arena DIR --terms ar --weights 10`" in text and "--terms dice" not in text
     saved = json.loads((out / "arena_answer.json").read_text())
     assert saved["recommended"] == "ar" and (out / "arena_answer.md").read_text() in text
     page = (out / "report" / "arena" / "report.html").read_text()
@@ -316,12 +320,25 @@ def test_the_answer_ranks_each_terms_best_weight_and_names_the_term_to_add(
 def test_no_term_helps_when_no_gain_excludes_zero(tmp_path, make_run, capsys) -> None:
     from arseg.study.arena_run import analyse_arena
 
-    worse = {"ce": 0.7, "ar_1": 0.66, "ar_3": 0.6, "dice_1": 0.65, "dice_3": 0.62}
+    worse = {"ce": 0.7, "ar_1": 0.6, "ar_3": 0.66, "dice_1": 0.65, "dice_3": 0.62}
     arena, study, out = _fake_arena(tmp_path, make_run, worse)
     answer = analyse_arena(arena, study, out)
     assert answer["recommended"] is None
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("answer: none of them helps here")
+    text = capsys.readouterr().out
+    assert text.strip().splitlines()[-1].startswith("answer: none of them helps here")
+    # AR 3, the top of its ladder, loses least: no larger weight is suggested for a loss
+    assert answer["rows"][0]["weight"] == 3 and not answer["rows"][0]["at_top"]
+    assert "At the top of its ladder" not in text
+
+
+@pytest.mark.parametrize(
+    "weight, following",
+    [(0.03, 0.1), (0.1, 0.3), (0.3, 1.0), (1.0, 3.0), (2.0, 3.0), (3.0, 10.0), (10.0, 30.0)],
+)
+def test_the_next_weight_follows_a_one_three_ten_ladder(weight, following) -> None:
+    from arseg.study.arena_answer import next_weight
+
+    assert next_weight(weight) == following
 
 
 def test_a_confirm_split_states_the_answer_on_the_picked_weights_only(

@@ -24,7 +24,14 @@ from arseg.rundir import write_json
 from .arena import CONTROL, ArenaConfig, arena_terms, arm_name, weight_text
 from .config import StudyConfig
 
-__all__ = ["ANSWER_FILE", "build_answer", "comparison_figures", "format_answer", "pick_weights"]
+__all__ = [
+    "ANSWER_FILE",
+    "build_answer",
+    "comparison_figures",
+    "format_answer",
+    "next_weight",
+    "pick_weights",
+]
 
 ANSWER_FILE = "arena_answer"
 
@@ -114,6 +121,11 @@ def build_answer(
             if term in step_s and step_s.get(CONTROL)
             else None,
         }
+        # the gain still largest at the ladder's largest weight: a larger one may gain more
+        # (CamVid: AR rose from 10 to 30, AR bce from 3 to 10; docs/experiments/arena_v4.md)
+        row["at_top"] = bool(
+            arm and len(ladder) > 1 and row["weight"] == max(ladder) and row["val"]["gain"] > 0
+        )
         if arm and f"{arm}/best" in confirm:
             row["confirm"] = comparison_figures(confirm[f"{arm}/best"])
         rows.append(row)
@@ -136,6 +148,13 @@ def build_answer(
         "recommended": None if best is None else best["term"],
         "plan": dict(plan or {}),
     }
+
+
+def next_weight(weight: float) -> float:
+    """The next weight of a 1-3-10 ladder above ``weight``: 1 -> 3, 3 -> 10, 10 -> 30."""
+    decade = 10.0 ** math.floor(math.log10(weight) + 1e-9)  # 0.3: 0.1, not 0.01
+    step = 10 if round(weight / decade, 9) >= 3 else 3
+    return round(step * decade, 12)
 
 
 def _pt(x: float | None) -> str:
@@ -248,6 +267,19 @@ def format_answer(answer: Mapping[str, Any]) -> str:
             f"them (weights compared: {compared}): they flatter the picked weight. Give "
             "--confirm-split SPLIT (a split the data has beyond val) to state them on images "
             "that chose nothing."
+        )
+    top = [r for r in rows if r.get("at_top")]
+    if top:
+        notes.append(
+            f"At the top of its ladder on {split}: "
+            + ", ".join(f"{r['label']} {weight_text(r['weight'])}" for r in top)
+            + " (its gain was largest at its largest weight): a larger weight may gain more; "
+            "try the next one with "
+            + "; ".join(
+                f"`arseg arena DIR --terms {r['term']} --weights {weight_text(next_weight(r['weight']))}`"
+                for r in top
+            )
+            + "."
         )
     from arseg.analysis.stats import MIN_SEED_PAIRS
 
