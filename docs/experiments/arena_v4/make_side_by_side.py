@@ -35,7 +35,7 @@ CAMVID_STUDY4 = {
 CAMVID_LW = "CamVid, LW-RefineNet (quoted)"
 # a term's label in an arm's label ("CE + 3.0 AR (bce)") -> its name in the curves
 _TERM = {"AR": "AR (mse)", "AR (bce)": "AR (bce)", "Lovasz": "Lovasz", "Dice": "Dice",
-         "RMI": "RMI", "AAF": "AAF"}  # fmt: skip
+         "RMI": "RMI", "AAF": "AAF", "AAF (exp decay)": "AAF"}  # fmt: skip
 _LABEL = re.compile(r"^CE \+ ([0-9.]+) (.+)$")
 
 
