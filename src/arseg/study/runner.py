@@ -92,13 +92,12 @@ class Runner:
     ) -> None:
         self.out = out
         self.total = total
-        # the jobs of ``total`` that will run (the others finished earlier and are skipped):
+        # the jobs of ``total`` still to run (the others finished earlier and are skipped):
         # what is left is estimated from these, not from every job not yet reached
-        self.to_run = total if to_run is None else to_run
+        self.left = total if to_run is None else to_run
         self.parallel = parallel
         self.split = split
         self.done = 0
-        self.ran = 0
         self.start = time.time()
         self.job_times: list[float] = []
         self.running: dict[str, tuple[Any, Job, float]] = {}
@@ -166,7 +165,7 @@ class Runner:
                 ):  # the estimate counts fine-tunes only (the baseline is longer)
                     self.job_times.append(took)
                 self.done += 1
-                self.ran += 1
+                self.left -= 1
                 self._progress(job, took)
             if not block or len(self.running) < self.parallel:
                 return
@@ -184,11 +183,10 @@ class Runner:
             what = f"{self.split} mIoU best {100 * best['miou']:.2f}"
             if last:
                 what += f", last {100 * last['miou']:.2f}"
-        remaining = self.to_run - self.ran
         eta = ""
-        if remaining and self.job_times:
+        if self.left and self.job_times:
             mean = sum(self.job_times) / len(self.job_times)
-            eta = f", about {fmt_seconds(mean * remaining / self.parallel)} left"
+            eta = f", about {fmt_seconds(mean * self.left / self.parallel)} left"
         print(
             f"[{self.done:>3}/{self.total}] {job.name}: done in {fmt_seconds(took)}"
             f" ({what}); elapsed {fmt_seconds(elapsed)}{eta}",
